@@ -1,0 +1,166 @@
+"""flowserve's one exception hierarchy.
+
+    FlowserveError
+    ├── ConfigError                  bad settings or missing provider credentials
+    ├── FlowValidationError          a flow file is wrong (names node and field)
+    ├── NotFoundError                org, flow, version or run unknown (or not yours)
+    ├── AuthError                    missing / unknown / revoked / wrong-org key
+    │   └── ForbiddenError           key is valid but lacks the right (public key publishing)
+    ├── InputError                   request body is wrong (422; names the field)
+    │   └── PayloadTooLargeError     body over the size limit (413)
+    ├── LimitError                   rate / concurrency limit hit (429/503, retry_after)
+    ├── RunCancelled                 a run was stopped (client gone, stop request, shutdown)
+    └── NodeError                    a node failed while running (carries node_id)
+        └── ProviderError            raised by a provider adapter at its boundary
+            ├── ProviderAuthError        upstream rejected the credentials
+            ├── ProviderRateLimitError   upstream 429 (retry_after)
+            ├── ProviderBadRequestError  upstream refused the request (4xx)
+            ├── ProviderOverloadedError  upstream overloaded (503/529, overloaded_error)
+            ├── ProviderTimeoutError     no first token / no completion in time
+            ├── ProviderUpstreamError    upstream 5xx, dropped connection, mid-stream error
+            └── ProviderTruncatedError   stream ended without the provider's end marker
+
+Every error's ``str()`` is a clean message safe to show a client: no secrets, no traces.
+HTTP status mapping lives in exactly one place: ``flowserve.http.errors``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FlowserveError(Exception):
+    """Base of every error flowserve raises on purpose."""
+
+    error_type = "flowserve_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(FlowserveError):
+    error_type = "config_error"
+
+
+class FlowValidationError(FlowserveError):
+    """A flow definition is invalid. ``problems`` lists each (location, message)."""
+
+    error_type = "flow_validation_error"
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"{loc}: {msg}" for loc, msg in problems))
+
+
+class NotFoundError(FlowserveError):
+    error_type = "not_found"
+
+
+class AuthError(FlowserveError):
+    error_type = "unauthorized"
+
+
+class ForbiddenError(AuthError):
+    error_type = "forbidden"
+
+
+class InputError(FlowserveError):
+    """Invalid request input. ``loc`` follows FastAPI's ``detail[].loc`` convention."""
+
+    error_type = "invalid_input"
+
+    def __init__(self, message: str, loc: tuple[str | int, ...] = ("body",)) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+class PayloadTooLargeError(InputError):
+    error_type = "payload_too_large"
+
+
+class LimitError(FlowserveError):
+    error_type = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float, status: int = 429) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.status = status
+
+
+class RunCancelled(FlowserveError):
+    error_type = "cancelled"
+
+
+class NodeError(FlowserveError):
+    """A node failed. The message names the node so the user knows where to look."""
+
+    error_type = "node_error"
+
+    def __init__(self, message: str, node_id: str | None = None) -> None:
+        super().__init__(message)
+        self.node_id = node_id
+
+    def __str__(self) -> str:
+        return f"node {self.node_id}: {self.message}" if self.node_id else self.message
+
+
+class ProviderError(NodeError):
+    """Raised by provider adapters; the runner fills in ``node_id``."""
+
+    error_type = "provider_error"
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+        node_id: str | None = None,
+    ) -> None:
+        super().__init__(message, node_id)
+        self.provider = provider
+        self.status = status
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        where = f"node {self.node_id}" if self.node_id else ""
+        if self.provider:
+            where = f"{where} ({self.provider})" if where else self.provider
+        return f"{where}: {self.message}" if where else self.message
+
+    def context(self) -> dict[str, Any]:
+        return {"provider": self.provider, "status": self.status, "retry_after": self.retry_after}
+
+
+class ProviderAuthError(ProviderError):
+    error_type = "provider_auth_error"
+
+
+class ProviderRateLimitError(ProviderError):
+    error_type = "provider_rate_limited"
+    retryable = True
+
+
+class ProviderBadRequestError(ProviderError):
+    error_type = "provider_bad_request"
+
+
+class ProviderOverloadedError(ProviderError):
+    error_type = "provider_overloaded"
+    retryable = True
+
+
+class ProviderTimeoutError(ProviderError):
+    error_type = "provider_timeout"
+
+
+class ProviderUpstreamError(ProviderError):
+    error_type = "provider_upstream_error"
+    retryable = True
+
+
+class ProviderTruncatedError(ProviderError):
+    error_type = "provider_truncated"

@@ -1,0 +1,92 @@
+"""The provider contract: what an adapter implements, and the request it receives."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: str  # "user" | "assistant"
+    content: str
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts for one LLM call; ``None`` means the provider did not say."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    def as_dict(self) -> dict[str, int | None]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
+
+@dataclass(slots=True)
+class LLMRequest:
+    """One streaming completion. ``options`` were validated by the provider's Options model."""
+
+    model: str
+    messages: list[Message]
+    system: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    api_key_env: str | None = None
+    base_url: str | None = None
+    usage: Usage = field(default_factory=Usage)  # filled in by the adapter as it learns it
+
+
+class NodeOptions(BaseModel):
+    """Generation options an LLM node may set. A provider narrows this with its own subclass
+    (``extra="forbid"``), so an option it does not support is a validation error at publish."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderEnv:
+    """What a provider may read: the environment (for credentials) and its settings section."""
+
+    environ: Mapping[str, str]
+    settings: Mapping[str, Any]
+
+
+class Provider:
+    """Base class for adapters.
+
+    Subclasses set ``name``, ``Options``, and implement :meth:`stream`, an async iterator of
+    text chunks. It must close any upstream connection in ``finally`` so that cancelling the
+    consuming task stops upstream generation. It raises only ``ProviderError`` subclasses.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type[NodeOptions]] = NodeOptions
+    default_model: ClassVar[str | None] = None
+    # environment variable holding the API key when the node does not name one, or None
+    default_key_env: ClassVar[str | None] = None
+
+    def __init__(self, env: ProviderEnv) -> None:
+        self.env = env
+
+    def check_model(self, model: str) -> str | None:
+        """Return a problem description if ``model`` can never work, else None."""
+        return None if model else "model must not be empty"
+
+    def key_env(self, api_key_env: str | None) -> str | None:
+        return api_key_env or self.default_key_env
+
+    def missing_credentials(self, api_key_env: str | None) -> str | None:
+        """Name of the environment variable that should hold the key but is unset, if any."""
+        var = self.key_env(api_key_env)
+        if var and not self.env.environ.get(var):
+            return var
+        return None
+
+    def stream(self, request: LLMRequest) -> AsyncIterator[str]:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Release clients, threads, models."""
