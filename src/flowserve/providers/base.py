@@ -88,5 +88,8 @@ class Provider:
     def stream(self, request: LLMRequest) -> AsyncIterator[str]:
         raise NotImplementedError
 
+    async def prepare(self, model: str) -> None:
+        """Optional warm-up before the first request (load weights, open pools)."""
+
     async def aclose(self) -> None:
         """Release clients, threads, models."""

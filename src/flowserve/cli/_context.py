@@ -1,0 +1,50 @@
+"""Shared by the commands: settings, and the application state over the local database."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from flowserve.config import Settings
+from flowserve.errors import FlowserveError
+from flowserve.http.state import AppState
+
+T = TypeVar("T")
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOption = typer.Option(None, "--config", "-c", help="YAML config file (or FLOWSERVE_CONFIG)")
+DatabaseOption = typer.Option(None, "--database-url", help="overrides FLOWSERVE_DATABASE_URL")
+OrgOption = typer.Option("default", "--org", help="organisation id")
+
+
+def settings_from(config: str | None, database_url: str | None, **extra: Any) -> Settings:
+    try:
+        return Settings.load(config, database_url=database_url, **extra)
+    except FlowserveError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@asynccontextmanager
+async def local_state(settings: Settings) -> AsyncIterator[AppState]:
+    state = AppState.build(settings)
+    await state.db.create_schema()
+    try:
+        yield state
+    finally:
+        await state.aclose()
+
+
+def run_async(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine; flowserve errors become a clean message and exit code 1."""
+    try:
+        return asyncio.run(fn())  # type: ignore[arg-type]
+    except FlowserveError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None

@@ -1,0 +1,82 @@
+"""``flowserve keys create|list|revoke`` and ``flowserve keys org`` (create an organisation)."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from flowserve.auth import PRIVATE, PUBLIC
+from flowserve.cli._context import (
+    ConfigOption,
+    DatabaseOption,
+    OrgOption,
+    console,
+    local_state,
+    run_async,
+    settings_from,
+)
+
+app = typer.Typer(help="Manage API keys (in the local database).", no_args_is_help=True)
+
+
+@app.command()
+def create(
+    kind: str = typer.Option(PUBLIC, help="public (browser: run flows) or private"),
+    org: str = OrgOption,
+    name: str = typer.Option("", help="a label for the key"),
+    origin: list[str] = typer.Option([], help="allowed browser origin (repeatable; '*' = any)"),
+    create_org: bool = typer.Option(False, "--create-org", help="create the org if missing"),
+    config: str = ConfigOption,
+    database_url: str = DatabaseOption,
+) -> None:
+    """Create a key. It is printed once: only its hash is stored."""
+    if kind not in (PUBLIC, PRIVATE):
+        raise typer.BadParameter("must be 'public' or 'private'", param_hint="--kind")
+    settings = settings_from(config, database_url)
+
+    async def go() -> str:
+        async with local_state(settings) as state:
+            if create_org:
+                await state.keys.create_org(org)
+            key = await state.keys.create_key(org, kind, name, list(origin))
+            return key.token
+
+    token = run_async(go)
+    console.print(token)
+
+
+@app.command("list")
+def list_(
+    org: str = OrgOption, config: str = ConfigOption, database_url: str = DatabaseOption
+) -> None:
+    """List keys (ids only: secrets are never stored)."""
+    settings = settings_from(config, database_url)
+
+    async def go():  # type: ignore[no-untyped-def]
+        async with local_state(settings) as state:
+            return await state.keys.list_keys(org)
+
+    table = Table("id", "kind", "name", "created", "revoked", "origins")
+    for k in run_async(go):
+        table.add_row(
+            k.key_id,
+            k.kind,
+            k.name,
+            k.created_at.strftime("%Y-%m-%d %H:%M"),
+            "yes" if k.revoked else "",
+            ",".join(k.allowed_origins),
+        )
+    console.print(table)
+
+
+@app.command()
+def revoke(key_id: str, config: str = ConfigOption, database_url: str = DatabaseOption) -> None:
+    """Revoke a key by its id (the part after fs-pub-/fs-priv-)."""
+    settings = settings_from(config, database_url)
+
+    async def go() -> None:
+        async with local_state(settings) as state:
+            await state.keys.revoke(key_id)
+
+    run_async(go)
+    console.print(f"revoked {key_id}")

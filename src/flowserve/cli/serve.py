@@ -1,0 +1,125 @@
+"""``flowserve serve``, ``init`` (first run) and ``quickstart`` (init, then serve)."""
+
+from __future__ import annotations
+
+import shlex
+from importlib.resources import files
+
+import typer
+
+from flowserve.auth import PRIVATE, PUBLIC
+from flowserve.cli._context import (
+    ConfigOption,
+    DatabaseOption,
+    console,
+    local_state,
+    run_async,
+    settings_from,
+)
+from flowserve.config import Settings
+
+EXAMPLE_FLOW = "support-bot"
+
+
+def example_flow_text() -> str:
+    return (files("flowserve") / "examples" / f"{EXAMPLE_FLOW}.yaml").read_text(encoding="utf-8")
+
+
+def _serve(settings: Settings) -> None:
+    import uvicorn
+
+    from flowserve.http.app import create_app
+    from flowserve.logs import configure_logging
+
+    configure_logging(settings)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def serve(
+    host: str = typer.Option(None, help="bind address (default 127.0.0.1)"),
+    port: int = typer.Option(None, help="port (default 8000)"),
+    config: str = ConfigOption,
+    database_url: str = DatabaseOption,
+) -> None:
+    """Serve the HTTP API."""
+    _serve(settings_from(config, database_url, host=host, port=port))
+
+
+def _init(settings: Settings, org: str) -> tuple[dict[str, str], int]:
+    """Create the database, the org, its keys (first time only) and the example flow."""
+
+    async def go() -> tuple[dict[str, str], int]:
+        async with local_state(settings) as state:
+            created: dict[str, str] = {}
+            if not await state.keys.org_exists(org):
+                await state.keys.create_org(org)
+                for kind in (PUBLIC, PRIVATE):
+                    key = await state.keys.create_key(org, kind, name=f"{kind} (init)")
+                    created[kind] = key.token
+            stored, _ = await state.flows.publish(org, example_flow_text())
+            return created, stored.version
+
+    return run_async(go)
+
+
+def _print_keys(created: dict[str, str], org: str) -> None:
+    if created:
+        console.print("[bold]API keys[/bold] (shown once; store them now):")
+        console.print(f"  public  (browser, may run flows): {created[PUBLIC]}")
+        console.print(f"  private (may publish flows, read runs): {created[PRIVATE]}")
+    else:
+        console.print(
+            f"Organisation {org!r} already exists; its keys were printed when it was created. "
+            "New ones: flowserve keys create --kind public"
+        )
+
+
+def curl_command(settings: Settings, org: str, key: str | None) -> str:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    url = f"http://{host}:{settings.port}/stream_exported_flow?flow_id={EXAMPLE_FLOW}&org={org}"
+    auth = f"Authorization: Bearer {key}" if key else "Authorization: Bearer $FLOWSERVE_KEY"
+    body = '{"in-0": "How do I reset my password?", "user_id": "demo-user"}'
+    return (
+        f"curl -N -X POST {shlex.quote(url)} -H {shlex.quote(auth)} "
+        f"-H 'Content-Type: application/json' -d {shlex.quote(body)}"
+    )
+
+
+def init(
+    org: str = typer.Option("default", help="organisation id"),
+    config: str = ConfigOption,
+    database_url: str = DatabaseOption,
+) -> None:
+    """First run: create the database, an organisation with a public and a private key, and
+    publish the example flow on the embedded model."""
+    settings = settings_from(config, database_url)
+    created, version = _init(settings, org)
+    _print_keys(created, org)
+    console.print(f"Published flow {EXAMPLE_FLOW!r} version {version} in org {org!r}.")
+
+
+def quickstart(
+    org: str = typer.Option("default", help="organisation id"),
+    host: str = typer.Option(None, help="bind address (default 127.0.0.1)"),
+    port: int = typer.Option(None, help="port (default 8000)"),
+    config: str = ConfigOption,
+    database_url: str = DatabaseOption,
+) -> None:
+    """init, then serve: prints the keys and a curl command that streams from the server."""
+    settings = settings_from(config, database_url, host=host, port=port)
+    created, version = _init(settings, org)
+    _print_keys(created, org)
+    console.print(f"Published flow {EXAMPLE_FLOW!r} version {version} in org {org!r}.")
+    console.print("\n[bold]Stream from it[/bold] (once the server below is up):")
+    console.print(curl_command(settings, org, created.get(PUBLIC)), soft_wrap=True)
+    console.print("")
+    _serve(settings)

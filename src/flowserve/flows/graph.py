@@ -1,0 +1,210 @@
+"""Compiling a :class:`FlowSpec` into a checked DAG.
+
+Every check that can be made before a run is made here, when a flow is loaded or published,
+and each problem names the node and field: unknown reference, cycle, duplicate id, unknown
+provider or model, output pointing nowhere, bad option. Missing provider credentials are a
+*warning* (flows are often published from machines that do not hold production keys).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from flowserve.errors import ConfigError, FlowValidationError, InputError
+from flowserve.flows.spec import FlowSpec, LLMNodeSpec, TemplateNodeSpec
+from flowserve.flows.template import Template, parse_template
+from flowserve.providers.registry import ProviderRegistry
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    id: str
+    spec: LLMNodeSpec | TemplateNodeSpec
+    deps: tuple[str, ...]
+    templates: Mapping[str, Template]  # field name -> parsed template
+    model: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_llm(self) -> bool:
+        return isinstance(self.spec, LLMNodeSpec)
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    spec: FlowSpec
+    nodes: Mapping[str, Node]
+    order: tuple[str, ...]  # a topological order of the nodes
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def outputs(self) -> Mapping[str, str]:
+        return self.spec.outputs
+
+    def resolve_inputs(self, given: Mapping[str, Any]) -> dict[str, str]:
+        """Apply defaults and check names and types. Raises InputError naming the field."""
+        for name, value in given.items():
+            if name not in self.spec.inputs:
+                raise InputError(f"unknown input {name!r}", ("body", name))
+            if not isinstance(value, str):
+                raise InputError(f"input {name!r} must be a string", ("body", name))
+        values: dict[str, str] = {}
+        for name, spec in self.spec.inputs.items():
+            if name in given:
+                values[name] = given[name]
+            elif spec.default is not None:
+                values[name] = spec.default
+            else:
+                raise InputError(f"input {name!r} is required", ("body", name))
+        return values
+
+
+def _templates(spec: LLMNodeSpec | TemplateNodeSpec) -> dict[str, Template]:
+    if isinstance(spec, TemplateNodeSpec):
+        return {"template": parse_template(spec.template)}
+    out = {"prompt": parse_template(spec.prompt)}
+    if spec.system is not None:
+        out["system"] = parse_template(spec.system)
+    return out
+
+
+def _find_cycle(deps: Mapping[str, tuple[str, ...]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for dep in deps.get(node, ()):
+            if state.get(dep) == 1:
+                return [*path[path.index(dep) :], dep]
+            if dep in deps and dep not in state and (cycle := visit(dep)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in deps:
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def _toposort(deps: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
+    done: list[str] = []
+    seen: set[str] = set()
+
+    def visit(node: str) -> None:
+        if node in seen:
+            return
+        seen.add(node)
+        for dep in deps[node]:
+            if dep in deps:
+                visit(dep)
+        done.append(node)
+
+    for node in deps:
+        visit(node)
+    return tuple(done)
+
+
+def _check_llm(
+    node_id: str, spec: LLMNodeSpec, registry: ProviderRegistry
+) -> tuple[list[tuple[str, str]], list[str], str | None, dict[str, Any]]:
+    problems: list[tuple[str, str]] = []
+    warnings: list[str] = []
+    loc = f"nodes.{node_id}"
+    try:
+        provider_cls = registry.provider_class(spec.provider)
+    except ConfigError as exc:
+        return [(f"{loc}.provider", exc.message)], [], None, {}
+    provider = registry.get(spec.provider)
+    model = spec.model or provider_cls.default_model
+    if model is None:
+        problems.append((f"{loc}.model", f"provider {spec.provider!r} needs a model"))
+    elif (problem := provider.check_model(model)) is not None:
+        problems.append((f"{loc}.model", problem))
+    options: dict[str, Any] = {}
+    try:
+        validated = provider_cls.Options.model_validate(spec.options())
+        options = validated.model_dump(exclude_none=True)
+    except ValidationError as exc:
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]) or "options"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = f"option not supported by provider {spec.provider!r}"
+            problems.append((f"{loc}.{name}", msg))
+    if (var := provider.missing_credentials(spec.api_key_env)) is not None:
+        warnings.append(
+            f"{loc}: environment variable {var} is not set; runs of this node will fail until it is"
+        )
+    return problems, warnings, model, options
+
+
+def compile_flow(spec: FlowSpec, registry: ProviderRegistry) -> Flow:
+    problems: list[tuple[str, str]] = []
+    warnings: list[str] = []
+    for node_id in spec.nodes:
+        if node_id in spec.inputs:
+            problems.append((f"nodes.{node_id}", f"duplicate id {node_id!r}: already an input"))
+    known = set(spec.inputs) | set(spec.nodes)
+
+    deps: dict[str, tuple[str, ...]] = {}
+    templates: dict[str, dict[str, Template]] = {}
+    for node_id, node_spec in spec.nodes.items():
+        templates[node_id] = _templates(node_spec)
+        refs: list[str] = []
+        for field_name, template in templates[node_id].items():
+            for name in template.names:
+                if name not in known:
+                    problems.append(
+                        (f"nodes.{node_id}.{field_name}", f"unknown reference {{{name}}}")
+                    )
+                elif name == node_id:
+                    problems.append(
+                        (f"nodes.{node_id}.{field_name}", "a node cannot reference itself")
+                    )
+                elif name not in refs:
+                    refs.append(name)
+        deps[node_id] = tuple(r for r in refs if r in spec.nodes)
+
+    if (cycle := _find_cycle(deps)) is not None:
+        problems.append((f"nodes.{cycle[0]}", "cycle: " + " -> ".join(cycle)))
+
+    for out_id, source in spec.outputs.items():
+        if source not in known:
+            problems.append((f"outputs.{out_id}", f"points to unknown node or input {source!r}"))
+    if not spec.outputs:
+        problems.append(("outputs", "a flow needs at least one output"))
+
+    models: dict[str, str | None] = {}
+    options: dict[str, dict[str, Any]] = {}
+    for node_id, node_spec in spec.nodes.items():
+        if isinstance(node_spec, LLMNodeSpec):
+            p, w, models[node_id], options[node_id] = _check_llm(node_id, node_spec, registry)
+            problems += p
+            warnings += w
+
+    if problems:
+        raise FlowValidationError(problems)
+    nodes = {
+        node_id: Node(
+            id=node_id,
+            spec=node_spec,
+            deps=deps[node_id],
+            templates=templates[node_id],
+            model=models.get(node_id),
+            options=options.get(node_id, {}),
+        )
+        for node_id, node_spec in spec.nodes.items()
+    }
+    return Flow(spec=spec, nodes=nodes, order=_toposort(deps), warnings=tuple(warnings))

@@ -1,0 +1,61 @@
+"""The flow file format, as pydantic models. Structure only; graph checks live in graph.py."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$", max_length=64)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    description: str = ""
+    default: str | None = None
+
+
+class MemorySpec(_Strict):
+    """Conversation memory keyed by the request's ``user_id``: the last ``window`` exchanges."""
+
+    window: int = Field(default=10, ge=1, le=200)
+
+
+class LLMNodeSpec(_Strict):
+    type: Literal["llm"]
+    provider: str = "local"
+    model: str | None = None
+    system: str | None = None
+    prompt: str
+    memory: MemorySpec | None = None
+    api_key_env: str | None = None
+    base_url: str | None = None
+    # Generation options. Which ones a provider supports is checked against its Options.
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+
+    def options(self) -> dict[str, Any]:
+        names = ("max_tokens", "temperature", "top_p", "stop")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
+class TemplateNodeSpec(_Strict):
+    type: Literal["template"]
+    template: str
+
+
+NodeSpec = Annotated[LLMNodeSpec | TemplateNodeSpec, Field(discriminator="type")]
+
+
+class FlowSpec(_Strict):
+    id: Identifier
+    name: str = ""
+    description: str = ""
+    inputs: dict[Identifier, InputSpec] = Field(default_factory=dict)
+    nodes: dict[Identifier, NodeSpec] = Field(default_factory=dict)
+    outputs: dict[Identifier, Identifier]

@@ -1,0 +1,58 @@
+"""The FastAPI application. No BaseHTTPMiddleware anywhere: it would buffer streams and hide
+client disconnects."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from flowserve import __version__
+from flowserve.config import Settings
+from flowserve.errors import FlowserveError
+from flowserve.http import errors
+from flowserve.http.routes_flows import router as flows_router
+from flowserve.http.routes_run import router as run_router
+from flowserve.http.state import AppState
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.load()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = AppState.build(settings)
+        await state.db.create_schema()
+        if settings.database_url.startswith("sqlite"):
+            # One process owns an SQLite database, so anything RUNNING at start was orphaned
+            # by a crash. (Shared PostgreSQL needs per-process ownership; not done here.)
+            await state.runs.runs.fail_orphans()
+        app.state.flowserve = state
+        if settings.warm_up:
+            await state.warm_up()
+        try:
+            yield
+        finally:
+            await state.aclose()
+
+    app = FastAPI(
+        title="flowserve",
+        version=__version__,
+        description="Run LLM flows and stream their outputs (Stack AI-compatible API).",
+        lifespan=lifespan,
+    )
+    app.add_exception_handler(FlowserveError, errors.flowserve_error_handler)
+    app.add_exception_handler(RequestValidationError, errors.validation_error_handler)
+    app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)
+    app.include_router(run_router)
+    app.include_router(flows_router)
+
+    @app.get("/healthz", tags=["ops"], summary="Liveness")
+    async def healthz() -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    return app

@@ -1,0 +1,112 @@
+"""The one place where flowserve errors become HTTP responses.
+
+Before the first byte, every error gets a real status code and FastAPI's ``{"detail": …}``
+body. When the request accepts ``text/event-stream``, the same status is sent as an SSE body
+``data: {"error", "detail", "status"}`` so that ``fetch-event-source`` clients see the error
+instead of retrying blindly (contract 2.2).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import orjson
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from flowserve.errors import (
+    AuthError,
+    FlowserveError,
+    FlowValidationError,
+    ForbiddenError,
+    InputError,
+    LimitError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
+
+log = logging.getLogger("flowserve.http")
+
+
+def status_for(exc: FlowserveError) -> int:
+    if isinstance(exc, ForbiddenError):
+        return 403
+    if isinstance(exc, AuthError):
+        return 401
+    if isinstance(exc, NotFoundError):
+        return 404
+    if isinstance(exc, PayloadTooLargeError):
+        return 413
+    if isinstance(exc, InputError | FlowValidationError):
+        return 422
+    if isinstance(exc, LimitError):
+        return exc.status
+    return 500
+
+
+def detail_for(exc: FlowserveError) -> Any:
+    if isinstance(exc, PayloadTooLargeError):
+        return exc.message
+    if isinstance(exc, InputError):
+        return [{"loc": list(exc.loc), "msg": exc.message, "type": exc.error_type}]
+    if isinstance(exc, FlowValidationError):
+        return [
+            {"loc": loc.split("."), "msg": msg, "type": exc.error_type} for loc, msg in exc.problems
+        ]
+    return exc.message
+
+
+def wants_sse(request: Request) -> bool:
+    return "text/event-stream" in request.headers.get("accept", "")
+
+
+def error_response(
+    request: Request, status: int, detail: Any, headers: dict[str, str] | None = None
+) -> Response:
+    headers = dict(headers or {})
+    if not wants_sse(request):
+        return Response(orjson.dumps({"detail": detail}), status, headers, "application/json")
+    message = (
+        detail
+        if isinstance(detail, str)
+        else "; ".join(
+            f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg')}" for d in detail
+        )
+    )
+    payload = orjson.dumps({"error": message, "detail": detail, "status": status})
+    body = b"data: " + payload + b"\n\n"
+    if "Retry-After" in headers:
+        body = f"retry: {int(float(headers['Retry-After']) * 1000)}\n".encode() + body
+    headers["cache-control"] = "no-cache"
+    return Response(body, status, headers, "text/event-stream; charset=utf-8")
+
+
+async def flowserve_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, FlowserveError)
+    status = status_for(exc)
+    headers: dict[str, str] = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, LimitError):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    if status == 500:
+        log.error("unmapped error: %s", exc.message)
+    return error_response(request, status, detail_for(exc), headers)
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    detail = [
+        {"loc": list(err.get("loc", ())), "msg": str(err.get("msg")), "type": err.get("type")}
+        for err in exc.errors()
+    ]
+    return error_response(request, 422, detail)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    return error_response(request, exc.status_code, exc.detail, dict(exc.headers or {}))

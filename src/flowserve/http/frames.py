@@ -1,0 +1,170 @@
+"""Encoding run events into the frames of each route (contract 2.1, 2.3).
+
+An encoder is fed batches of events; each batch becomes at most one frame, so a batch that
+piled up while the client was slow is written as one merged update (latest cumulative snapshot
+wins; deltas are concatenated). Frames are encoded once, with orjson, straight to bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from flowserve.events import Event, NodeCompleted, NodeDelta, NodeStarted, RunFinished
+from flowserve.runs.service import Run
+
+
+class Encoder:
+    """Base: tracks which outputs changed. Subclasses build the frame payload."""
+
+    def __init__(self, run: Run, delta: bool, sse: bool) -> None:
+        self.run = run
+        self.delta = delta
+        self.sse = sse
+        self.seq = 0
+        self.node_outputs: dict[str, list[str]] = {}
+        for out_id, source in run.flow.outputs.items():
+            self.node_outputs.setdefault(source, []).append(out_id)
+        self.pending: dict[str, list[str]] = {}
+        self.progress_changed = False
+
+    def frame(self, payload: dict[str, Any]) -> bytes:
+        data = orjson.dumps(payload)
+        if not self.sse:
+            return data + b"\n"
+        self.seq += 1
+        return b"id: %s:%d\ndata: %s\n\n" % (self.run.id.encode(), self.seq, data)
+
+    def first(self) -> bytes:
+        return self.frame(self.payload({out: "" for out in self.run.flow.outputs}))
+
+    def batch(self, events: list[Event]) -> bytes | None:
+        """One merged frame for a batch of events, or None if nothing visible changed."""
+        changed = False
+        final: RunFinished | None = None
+        for event in events:
+            kind = type(event)
+            if kind is NodeDelta:
+                outs = self.node_outputs.get(event.node_id)  # type: ignore[union-attr]
+                if outs:
+                    changed = True
+                    if self.delta:
+                        for out in outs:
+                            self.pending.setdefault(out, []).append(event.text)  # type: ignore[union-attr]
+            elif kind is RunFinished:
+                final = event  # type: ignore[assignment]
+            elif kind is NodeStarted or kind is NodeCompleted:
+                self.progress_changed = True
+        out = b""
+        if changed or (self.progress_changed and self.reports_progress):
+            out = self.frame(self.payload(self.outputs_now()))
+            self.progress_changed = False
+        if final is not None:
+            out += self.final(final)
+        return out or None
+
+    def outputs_now(self) -> dict[str, str]:
+        if not self.delta:
+            return self.run.outputs()
+        pending, self.pending = self.pending, {}
+        return {out: "".join(pending.get(out, ())) for out in self.run.flow.outputs}
+
+    reports_progress = False
+
+    def payload(self, outputs: dict[str, str]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def final(self, final: RunFinished) -> bytes:
+        raise NotImplementedError
+
+
+class LegacyEncoder(Encoder):
+    """``/stream_exported_flow``: the flat outputs object, cumulative unless delta=true."""
+
+    def payload(self, outputs: dict[str, str]) -> dict[str, Any]:
+        return outputs
+
+    def final(self, final: RunFinished) -> bytes:
+        if final.state == "COMPLETED":
+            return b""
+        return self.frame(
+            {
+                "error": final.error or "run failed",
+                "error_type": final.error_type,
+                "node_id": final.node_id,
+                "run_id": self.run.id,
+            }
+        )
+
+
+class EnvelopeEncoder(Encoder):
+    """``/inference/v0/stream``: every frame is the run envelope."""
+
+    reports_progress = True
+
+    def __init__(self, run: Run, delta: bool, sse: bool) -> None:
+        super().__init__(run, delta, sse)
+        self.started: list[str] = []
+        self.completed: list[str] = []
+
+    def batch(self, events: list[Event]) -> bytes | None:
+        for event in events:
+            if type(event) is NodeStarted:
+                self.started.append(event.node_id)
+            elif type(event) is NodeCompleted:
+                self.completed.append(event.node_id)
+        return super().batch(events)
+
+    def payload(
+        self,
+        outputs: dict[str, str],
+        state: str = "RUNNING",
+        error: str | None = None,
+        metadata: Any = None,
+    ) -> dict[str, Any]:
+        return envelope(self.run, outputs, state, error, metadata, self.progress())
+
+    def progress(self) -> dict[str, Any]:
+        return {
+            "current_node": self.started[-1] if self.started else None,
+            "total_nodes": len(self.run.flow.nodes),
+            "started_nodes": list(self.started),
+            "completed_nodes": list(self.completed),
+        }
+
+    def final(self, final: RunFinished) -> bytes:
+        outputs = self.outputs_now()
+        return self.frame(
+            self.payload(outputs, final.state, final.error, metadata(self.run, final))
+        )
+
+
+def metadata(run: Run, final: RunFinished) -> dict[str, Any]:
+    return {
+        "usage": final.usage,
+        "flow_id": run.flow.id,
+        "flow_version": run.loaded.version,
+        "error_type": final.error_type,
+        "node_id": final.node_id,
+    }
+
+
+def envelope(
+    run: Run,
+    outputs: dict[str, str],
+    state: str,
+    error: str | None,
+    meta: Any,
+    progress: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "outputs": outputs,
+        "run_id": run.id,
+        "state": state,
+        "error": error,
+        "metadata": meta,
+        "progress_data": progress,
+        "citations": [],
+        "pause": None,
+    }

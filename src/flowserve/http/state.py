@@ -1,0 +1,98 @@
+"""Everything the routes need, built once at startup from Settings and handed down."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from flowserve.auth import Principal, parse_bearer
+from flowserve.config import Settings
+from flowserve.errors import AuthError, FlowserveError, ForbiddenError
+from flowserve.flows.spec import LLMNodeSpec
+from flowserve.providers.base import ProviderEnv
+from flowserve.providers.registry import ProviderRegistry
+from flowserve.providers.resilience import RetryPolicy
+from flowserve.runs.runner import Runner
+from flowserve.runs.service import FlowService, RunService
+from flowserve.store.database import Database
+from flowserve.store.flows import FlowStore
+from flowserve.store.keys import KeyStore
+from flowserve.store.memory import MemoryStore
+from flowserve.store.runs import RunStore
+
+log = logging.getLogger("flowserve")
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    db: Database
+    registry: ProviderRegistry
+    keys: KeyStore
+    flows: FlowService
+    runs: RunService
+    _key_cache: dict[str, tuple[float, Principal]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, settings: Settings) -> AppState:
+        db = Database(settings.database_url)
+        registry = ProviderRegistry.from_entry_points(
+            ProviderEnv(environ=dict(os.environ), settings=settings.providers)
+        )
+        policy = RetryPolicy(
+            max_retries=settings.max_retries,
+            ttft_timeout=settings.first_token_timeout,
+            total_timeout=settings.node_timeout,
+        )
+        flows = FlowService(FlowStore(db), registry, settings.flow_cache_ttl)
+        runs = RunService(flows, RunStore(db), MemoryStore(db), Runner(registry, policy))
+        return cls(settings, db, registry, KeyStore(db), flows, runs)
+
+    async def authenticate(self, header: str | None, org_id: str) -> Principal:
+        """The caller's key, which must belong to ``org_id``. Every failure is the same 401,
+        so a caller cannot learn whether an org exists."""
+        key_id, secret = parse_bearer(header)
+        cache_key = hashlib.sha256(f"{key_id}:{secret}".encode()).hexdigest()
+        now = time.monotonic()
+        hit = self._key_cache.get(cache_key)
+        if hit is not None and hit[0] > now:
+            principal = hit[1]
+        else:
+            principal = await self.keys.verify(key_id, secret)
+            if len(self._key_cache) > 10_000:
+                self._key_cache.clear()
+            self._key_cache[cache_key] = (now + self.settings.key_cache_ttl, principal)
+        if principal.org_id != org_id:
+            raise AuthError("invalid API key")
+        return principal
+
+    @staticmethod
+    def require_private(principal: Principal, action: str) -> None:
+        if not principal.is_private:
+            raise ForbiddenError(f"a private API key is needed to {action}")
+
+    async def warm_up(self) -> None:
+        """Let each provider prepare the models the published flows use (loads the embedded
+        model before the first request instead of during it)."""
+        pairs: set[tuple[str, str]] = set()
+        for org_id, flow_id in await self.flows.store.all_flows():
+            try:
+                loaded = await self.flows.get(org_id, flow_id)
+            except FlowserveError as exc:
+                log.warning("flow %s/%s does not load: %s", org_id, flow_id, exc)
+                continue
+            for node in loaded.flow.nodes.values():
+                if isinstance(node.spec, LLMNodeSpec) and node.model:
+                    pairs.add((node.spec.provider, node.model))
+        for provider, model in sorted(pairs):
+            try:
+                await self.registry.get(provider).prepare(model)
+            except Exception as exc:
+                log.warning("could not warm up %s model %s: %s", provider, model, exc)
+
+    async def aclose(self) -> None:
+        await self.registry.aclose()
+        await self.db.aclose()

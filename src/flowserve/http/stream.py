@@ -1,0 +1,125 @@
+"""The streaming response: one run relayed to one client.
+
+Written as a raw ASGI response rather than Starlette's StreamingResponse because we need three
+things it does not do together: (1) adaptive coalescing — write each batch as soon as the
+socket takes it, and while a write is blocked on a slow client let events pile up and merge
+them into the next frame; (2) a keepalive comment line when nothing was written for a while;
+(3) one task listening for ``http.disconnect`` that cancels the run, instead of polling
+``request.is_disconnected()`` per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import anyio
+from anyio.abc import CancelScope
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from flowserve.events import RunFinished
+from flowserve.http.frames import Encoder
+from flowserve.runs.service import Run
+
+log = logging.getLogger("flowserve.http")
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+NDJSON_HEADERS = [
+    (b"content-type", b"application/x-ndjson"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+KEEPALIVE = b": keepalive\n"
+
+
+class RunStreamResponse(Response):
+    """A Response only so FastAPI passes it through; it renders nothing up front."""
+
+    def __init__(
+        self,
+        start_run: Callable[[], AbstractAsyncContextManager[Run]],
+        make_encoder: Callable[[Run], Encoder],
+        sse: bool,
+        keepalive_interval: float,
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        self.start_run = start_run
+        self.make_encoder = make_encoder
+        self.sse = sse
+        self.keepalive_interval = keepalive_interval
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = (SSE_HEADERS if sse else NDJSON_HEADERS) + (extra_headers or [])
+        self._lock = asyncio.Lock()
+        self._last_write = 0.0
+        self._send: Send | None = None
+        self.run: Run | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._send = send
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch_disconnect, receive, tg.cancel_scope)
+            if self.sse:
+                tg.start_soon(self._keepalive)
+            await self._relay()
+            tg.cancel_scope.cancel()
+        # The client may be gone; ending the body then is harmless.
+        with contextlib.suppress(OSError):
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _write(self, data: bytes) -> None:
+        assert self._send is not None
+        async with self._lock:  # asyncio.Lock: no loop round-trip when uncontended
+            await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        self._last_write = time.monotonic()
+
+    async def _relay(self) -> None:
+        encoder: Encoder | None = None
+        async with self.start_run() as run:
+            self.run = run
+            encoder = self.make_encoder(run)
+            await self._write(encoder.first())
+            receive = run.receive_nowait
+            async for event in run.events():
+                batch = [event]
+                # Whatever arrived while we were writing goes into the same frame.
+                batch.extend(receive())
+                data = encoder.batch(batch)
+                if data:
+                    await self._write(data)
+                if run.final is not None:
+                    return
+        # Only reached when the run was stopped from outside (stop request, shutdown):
+        # the service recorded it CANCELLED; tell the client before ending the stream.
+        if encoder is not None and self.run is not None and self.run.final is not None:
+            stopped = RunFinished(
+                "CANCELLED", error="run stopped", error_type="cancelled", usage=self.run.final.usage
+            )
+            await self._write(encoder.batch([stopped]) or b"")
+
+    async def _keepalive(self) -> None:
+        interval = self.keepalive_interval
+        while True:
+            await anyio.sleep(interval - (time.monotonic() - self._last_write) % interval)
+            if time.monotonic() - self._last_write >= interval * 0.99:
+                await self._write(KEEPALIVE)
+
+    async def _watch_disconnect(self, receive: Receive, scope: CancelScope) -> None:
+        while True:
+            message: Any = await receive()
+            if message["type"] == "http.disconnect":
+                if self.run is not None:
+                    log.info("client disconnected; cancelling run %s", self.run.id)
+                scope.cancel()
+                return

@@ -1,0 +1,1 @@
+"""Running flows: the DAG runner and the service that records runs."""

@@ -1,0 +1,165 @@
+"""The DAG runner.
+
+Each node is a task in one task group. A node starts as soon as every node it references has
+completed, so independent branches run in parallel; an LLM node's tokens are sent as
+:class:`NodeDelta` events the moment they arrive. A node failure ends the run: the error names
+the node and the task group cancels everything else (upstream streams included, since each
+provider closes its connection when its task is cancelled).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import anyio
+from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
+
+from flowserve.errors import FlowserveError, NodeError
+from flowserve.events import Event, NodeCompleted, NodeDelta, NodeStarted, RunFinished
+from flowserve.flows.graph import Flow, Node
+from flowserve.flows.spec import LLMNodeSpec
+from flowserve.providers.base import LLMRequest, Message
+from flowserve.providers.registry import ProviderRegistry
+from flowserve.providers.resilience import RetryPolicy, resilient_stream
+
+log = logging.getLogger("flowserve.runner")
+
+
+class Memory(Protocol):
+    """Conversation memory of one (org, flow, user); the runner adds the node id."""
+
+    async def load(self, node_id: str, window: int) -> list[Message]: ...
+
+    async def append(self, node_id: str, user: str, assistant: str) -> None: ...
+
+
+class _RunState:
+    __slots__ = ("done", "failure", "usage", "values")
+
+    def __init__(self, flow: Flow, inputs: Mapping[str, str]) -> None:
+        self.values: dict[str, str] = dict(inputs)
+        self.done = {node_id: anyio.Event() for node_id in flow.nodes}
+        self.usage: dict[str, Any] = {}
+        self.failure: NodeError | None = None
+
+
+class Runner:
+    def __init__(self, registry: ProviderRegistry, policy: RetryPolicy | None = None) -> None:
+        self.registry = registry
+        self.policy = policy or RetryPolicy()
+
+    @asynccontextmanager
+    async def start(
+        self, flow: Flow, inputs: Mapping[str, str], memory: Memory | None = None
+    ) -> AsyncIterator[ObjectReceiveStream[Event]]:
+        """Start the run; yield its event stream. Leaving the block cancels what is left."""
+        send, receive = anyio.create_memory_object_stream[Event](math.inf)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._drive, flow, inputs, memory, send)
+            try:
+                with receive:
+                    yield receive
+            finally:
+                tg.cancel_scope.cancel()
+
+    async def _drive(
+        self,
+        flow: Flow,
+        inputs: Mapping[str, str],
+        memory: Memory | None,
+        send: ObjectSendStream[Event],
+    ) -> None:
+        state = _RunState(flow, inputs)
+        with send:
+            async with anyio.create_task_group() as tg:
+                for node_id in flow.order:
+                    tg.start_soon(self._node, flow.nodes[node_id], state, memory, send, tg)
+            if state.failure is not None:
+                err = state.failure
+                final = RunFinished(
+                    "FAILED", str(err), err.error_type, err.node_id, usage=state.usage
+                )
+            else:
+                final = RunFinished("COMPLETED", usage=state.usage)
+            send.send_nowait(final)
+
+    async def _node(
+        self,
+        node: Node,
+        state: _RunState,
+        memory: Memory | None,
+        send: ObjectSendStream[Event],
+        tg: TaskGroup,
+    ) -> None:
+        try:
+            for dep in node.deps:
+                await state.done[dep].wait()
+            send.send_nowait(NodeStarted(node.id))
+            if isinstance(node.spec, LLMNodeSpec):
+                text = await self._llm(node, node.spec, state, memory, send)
+            else:
+                text = node.templates["template"].render(state.values)
+                send.send_nowait(NodeDelta(node.id, text))
+            state.values[node.id] = text
+            send.send_nowait(NodeCompleted(node.id, text, state.usage.get(node.id)))
+            state.done[node.id].set()
+        except FlowserveError as exc:
+            self._fail(
+                state, tg, exc if isinstance(exc, NodeError) else NodeError(exc.message), node.id
+            )
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:  # a bug or an unmapped library error: keep details in logs
+            log.exception("node %s failed unexpectedly", node.id)
+            self._fail(state, tg, NodeError(f"internal error ({type(exc).__name__})"), node.id)
+
+    @staticmethod
+    def _fail(state: _RunState, tg: TaskGroup, error: NodeError, node_id: str) -> None:
+        if error.node_id is None:
+            error.node_id = node_id
+        if state.failure is None:
+            state.failure = error
+        tg.cancel_scope.cancel()
+
+    async def _llm(
+        self,
+        node: Node,
+        spec: LLMNodeSpec,
+        state: _RunState,
+        memory: Memory | None,
+        send: ObjectSendStream[Event],
+    ) -> str:
+        provider = self.registry.get(spec.provider)
+        prompt = node.templates["prompt"].render(state.values)
+        system = (
+            node.templates["system"].render(state.values) if "system" in node.templates else None
+        )
+        history: list[Message] = []
+        if memory is not None and spec.memory is not None:
+            history = await memory.load(node.id, spec.memory.window)
+        request = LLMRequest(
+            model=node.model or "",
+            messages=[*history, Message("user", prompt)],
+            system=system,
+            options=dict(node.options),
+            api_key_env=spec.api_key_env,
+            base_url=spec.base_url,
+        )
+        parts: list[str] = []
+        node_id = node.id
+        stream = resilient_stream(provider, request, self.policy)
+        try:
+            async for chunk in stream:
+                parts.append(chunk)
+                send.send_nowait(NodeDelta(node_id, chunk))
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+        text = "".join(parts)
+        state.usage[node_id] = request.usage.as_dict()
+        if memory is not None and spec.memory is not None:
+            await memory.append(node_id, prompt, text)
+        return text

@@ -1,0 +1,235 @@
+"""Publishing flows and running them, with run records and conversation memory.
+
+``FlowService`` validates on publish and caches compiled flows. ``RunService.execute`` starts
+a run, yields a :class:`Run` whose ``events()`` the HTTP layer encodes, and records the outcome
+whatever happens: COMPLETED, FAILED, or CANCELLED with the partial outputs when the consumer
+leaves early (client disconnect, stop).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.abc import ObjectReceiveStream
+
+from flowserve.auth import Principal
+from flowserve.events import Event, NodeDelta, RunFinished
+from flowserve.flows.graph import Flow, compile_flow
+from flowserve.flows.loader import parse_flow_data, spec_from_data
+from flowserve.logs import run_id_var
+from flowserve.providers.base import Message
+from flowserve.providers.registry import ProviderRegistry
+from flowserve.runs.runner import Runner
+from flowserve.store.database import utcnow
+from flowserve.store.flows import FlowStore, StoredFlow
+from flowserve.store.memory import MemoryStore
+from flowserve.store.models import Run as RunRecord
+from flowserve.store.runs import CANCELLED, RUNNING, RunStore
+
+log = logging.getLogger("flowserve.runs")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedFlow:
+    org_id: str
+    version: int
+    flow: Flow
+
+
+class FlowService:
+    def __init__(self, store: FlowStore, registry: ProviderRegistry, cache_ttl: float) -> None:
+        self.store = store
+        self.registry = registry
+        self.cache_ttl = cache_ttl
+        self._compiled: dict[tuple[str, str, int], LoadedFlow] = {}
+        self._latest: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def compile_text(self, text: str) -> tuple[dict[str, Any], Flow]:
+        data = parse_flow_data(text)
+        flow = compile_flow(spec_from_data(data), self.registry)
+        return flow.spec.model_dump(mode="json"), flow
+
+    async def publish(self, org_id: str, text: str) -> tuple[StoredFlow, Flow]:
+        spec, flow = self.compile_text(text)
+        stored = await self.store.publish(org_id, spec, text)
+        self._latest.pop((org_id, flow.id), None)
+        return stored, flow
+
+    async def get(self, org_id: str, flow_id: str, version: int | None = None) -> LoadedFlow:
+        if version is None or version < 0:
+            hit = self._latest.get((org_id, flow_id))
+            if hit is not None and time.monotonic() - hit[0] < self.cache_ttl:
+                version = hit[1]
+        if version is not None and version >= 0:
+            loaded = self._compiled.get((org_id, flow_id, version))
+            if loaded is not None:
+                return loaded
+        stored = await self.store.get(org_id, flow_id, version)
+        key = (org_id, flow_id, stored.version)
+        loaded = self._compiled.get(key)
+        if loaded is None:
+            flow = compile_flow(spec_from_data(stored.spec), self.registry)
+            loaded = self._compiled[key] = LoadedFlow(org_id, stored.version, flow)
+        if version is None or version < 0:
+            self._latest[(org_id, flow_id)] = (time.monotonic(), stored.version)
+        return loaded
+
+
+class _BoundMemory:
+    """The runner's Memory protocol over the store, for one (org, flow, user)."""
+
+    def __init__(self, store: MemoryStore, org_id: str, flow_id: str, user_id: str) -> None:
+        self.store, self.org_id, self.flow_id, self.user_id = store, org_id, flow_id, user_id
+
+    async def load(self, node_id: str, window: int) -> list[Message]:
+        return await self.store.load(self.org_id, self.flow_id, node_id, self.user_id, window)
+
+    async def append(self, node_id: str, user: str, assistant: str) -> None:
+        await self.store.append(self.org_id, self.flow_id, node_id, self.user_id, user, assistant)
+
+
+class Run:
+    """One run in progress: its identity, and the text each node has produced so far."""
+
+    def __init__(
+        self, run_id: str, loaded: LoadedFlow, inputs: Mapping[str, str], user_id: str | None
+    ) -> None:
+        self.id = run_id
+        self.loaded = loaded
+        self.flow = loaded.flow
+        self.inputs = dict(inputs)
+        self.user_id = user_id
+        self.parts: dict[str, list[str]] = {node_id: [] for node_id in self.flow.nodes}
+        self.final: RunFinished | None = None
+        self.first_token_at: Any = None
+        self._stream: ObjectReceiveStream[Event] | None = None
+
+    def output_text(self, out_id: str) -> str:
+        source = self.flow.outputs[out_id]
+        if source in self.inputs:
+            return self.inputs[source]
+        return "".join(self.parts[source])
+
+    def outputs(self) -> dict[str, str]:
+        return {out_id: self.output_text(out_id) for out_id in self.flow.outputs}
+
+    def _observe(self, event: Event) -> None:
+        if type(event) is NodeDelta:
+            if self.first_token_at is None:
+                self.first_token_at = utcnow()
+            self.parts[event.node_id].append(event.text)
+        elif type(event) is RunFinished:
+            self.final = event
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event of the run, in order, until RunFinished."""
+        assert self._stream is not None
+        observe = self._observe
+        async for event in self._stream:
+            observe(event)
+            yield event
+
+    def receive_nowait(self) -> list[Event]:
+        """The events already waiting, without blocking (used to coalesce)."""
+        assert self._stream is not None
+        out: list[Event] = []
+        try:
+            while True:
+                event = self._stream.receive_nowait()
+                self._observe(event)
+                out.append(event)
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            return out
+
+
+class RunService:
+    def __init__(
+        self, flows: FlowService, runs: RunStore, memory: MemoryStore, runner: Runner
+    ) -> None:
+        self.flows = flows
+        self.runs = runs
+        self.memory = memory
+        self.runner = runner
+        self.active: dict[str, anyio.CancelScope] = {}
+
+    @asynccontextmanager
+    async def execute(
+        self,
+        principal: Principal,
+        loaded: LoadedFlow,
+        inputs: Mapping[str, str],
+        user_id: str | None = None,
+    ) -> AsyncIterator[Run]:
+        run = Run(uuid.uuid4().hex, loaded, inputs, user_id)
+        queued_at = utcnow()
+        memory = None
+        if user_id:
+            memory = _BoundMemory(self.memory, loaded.org_id, loaded.flow.id, user_id)
+        record = RunRecord(
+            id=run.id,
+            org_id=loaded.org_id,
+            flow_id=loaded.flow.id,
+            flow_version=loaded.version,
+            key_id=principal.key_id,
+            state=RUNNING,
+            inputs=dict(inputs),
+            user_id=user_id,
+            queued_at=queued_at,
+            started_at=utcnow(),
+        )
+        token = run_id_var.set(run.id)
+        try:
+            async with anyio.create_task_group() as tg:
+                # The RUNNING record is written beside the run, not before it: the first
+                # token does not wait for the database.
+                tg.start_soon(self._insert, record)
+                with anyio.CancelScope() as scope:  # cancelled by stop()
+                    self.active[run.id] = scope
+                    try:
+                        async with self.runner.start(loaded.flow, inputs, memory) as events:
+                            run._stream = events
+                            yield run
+                    finally:
+                        self.active.pop(run.id, None)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._record(run)
+            run_id_var.reset(token)
+
+    def stop(self, run_id: str) -> bool:
+        scope = self.active.get(run_id)
+        if scope is None:
+            return False
+        scope.cancel()
+        return True
+
+    async def _insert(self, record: RunRecord) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.runs.start(record)
+            except Exception:
+                log.exception("could not record the start of run %s", record.id)
+
+    async def _record(self, run: Run) -> None:
+        final = run.final or RunFinished(CANCELLED, error="run cancelled", error_type="cancelled")
+        run.final = final
+        try:
+            await self.runs.finish(
+                run.id,
+                state=final.state,
+                outputs=run.outputs(),
+                error=final.error,
+                error_type=final.error_type,
+                error_node=final.node_id,
+                usage=final.usage,
+                first_token_at=run.first_token_at,
+            )
+        except Exception:
+            log.exception("could not record the end of run %s", run.id)

@@ -1,0 +1,70 @@
+"""Run records: written when a run starts (state RUNNING) and when it ends."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import update
+
+from flowserve.errors import NotFoundError
+from flowserve.store.database import Database, utcnow
+from flowserve.store.models import Run
+
+RUNNING = "RUNNING"
+COMPLETED = "COMPLETED"
+FAILED = "FAILED"
+CANCELLED = "CANCELLED"
+
+
+class RunStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def start(self, record: Run) -> None:
+        async with self.db.session() as s:
+            s.add(record)
+
+    async def finish(self, run_id: str, **fields: Any) -> None:
+        fields.setdefault("finished_at", utcnow())
+        async with self.db.session() as s:
+            await s.execute(update(Run).where(Run.id == run_id).values(**fields))
+
+    async def get(self, org_id: str, run_id: str) -> Run:
+        async with self.db.session() as s:
+            row = await s.get(Run, run_id)
+        if row is None or row.org_id != org_id:
+            raise NotFoundError(f"run {run_id!r} not found")
+        return row
+
+    async def fail_orphans(self, message: str = "interrupted") -> int:
+        """Runs left RUNNING by a process that died. Call once at start (single process)."""
+        async with self.db.session() as s:
+            result = await s.execute(
+                update(Run)
+                .where(Run.state == RUNNING)
+                .values(state=FAILED, error=message, error_type="interrupted", finished_at=utcnow())
+            )
+        return int(getattr(result, "rowcount", 0) or 0)
+
+
+def timings(row: Run) -> dict[str, float | None]:
+    """Durations in milliseconds, from when the request was accepted."""
+
+    def ms(t: datetime | None) -> float | None:
+        if t is None:
+            return None
+        return round((_aware(t) - _aware(row.queued_at)).total_seconds() * 1000, 3)
+
+    return {
+        "queued_ms": ms(row.started_at),
+        "first_token_ms": ms(row.first_token_at),
+        "total_ms": ms(row.finished_at),
+    }
+
+
+def _aware(t: datetime) -> datetime:
+    # SQLite hands back naive datetimes even for timezone-aware columns.
+    from datetime import UTC
+
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
