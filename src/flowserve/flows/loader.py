@@ -67,10 +67,16 @@ def spec_from_data(data: Any) -> FlowSpec:
     try:
         return FlowSpec.model_validate(data)
     except ValidationError as exc:
-        problems = [
-            (".".join(str(p) for p in err["loc"]) or "flow", err["msg"]) for err in exc.errors()
-        ]
+        problems = [(_loc(err["loc"]), err["msg"]) for err in exc.errors()]
         raise FlowValidationError(problems) from None
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    parts = [str(p) for p in loc]
+    # pydantic puts the node type (the union's tag) in the path: nodes.b.llm.colour
+    if len(parts) > 3 and parts[0] == "nodes" and parts[2] in ("llm", "template"):
+        del parts[2]
+    return ".".join(parts) or "flow"
 
 
 def parse_flow_text(text: str) -> FlowSpec:

@@ -55,10 +55,9 @@ async def read_run_body(request: Request, limit: int) -> tuple[dict[str, Any], s
     if not isinstance(data, dict):
         raise InputError("body must be a JSON object of inputs", ("body",))
     user_id = data.pop("user_id", None)
-    if user_id is not None:
-        if not isinstance(user_id, str) or not USER_ID.match(user_id):
-            raise InputError(
-                "user_id must be a string of 1-256 letters, digits or . @ : + - _",
-                ("body", "user_id"),
-            )
+    if user_id is not None and (not isinstance(user_id, str) or not USER_ID.match(user_id)):
+        raise InputError(
+            "user_id must be a string of 1-256 letters, digits or . @ : + - _",
+            ("body", "user_id"),
+        )
     return data, user_id

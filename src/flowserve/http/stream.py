@@ -19,7 +19,6 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
-from anyio.abc import CancelScope
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -115,7 +114,7 @@ class RunStreamResponse(Response):
             if time.monotonic() - self._last_write >= interval * 0.99:
                 await self._write(KEEPALIVE)
 
-    async def _watch_disconnect(self, receive: Receive, scope: CancelScope) -> None:
+    async def _watch_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
         while True:
             message: Any = await receive()
             if message["type"] == "http.disconnect":

@@ -7,7 +7,8 @@ parameters follow a ``?``: ``echo?delay=0.05&fail_after=3&repeat=2``.
 - ``first_delay``: seconds before the first token;
 - ``fail_after``: raise a ProviderUpstreamError after that many tokens;
 - ``repeat``: stream the prompt this many times;
-- ``text``: stream this text instead of the prompt (``+`` is a space).
+- ``text``: stream this text instead of the prompt (``+`` is a space);
+- ``history=1``: stream every message of the conversation (memory included), ``|``-joined.
 Usage is reported as the word counts of prompt and answer.
 """
 
@@ -56,7 +57,10 @@ class ScriptedProvider(Provider):
         delay = float(params.get("delay", 0))
         first_delay = float(params.get("first_delay", delay))
         fail_after = int(float(params["fail_after"])) if "fail_after" in params else None
-        source = params.get("text", request.messages[-1].content).replace("+", " ")
+        if params.get("history") == "1":
+            source = " | ".join(m.content for m in request.messages)
+        else:
+            source = params.get("text", request.messages[-1].content).replace("+", " ")
         words = source.split(" ") * int(float(params.get("repeat", 1)))
         limit = request.options.get("max_tokens")
         if limit is not None:

@@ -40,10 +40,10 @@ class Memory(Protocol):
 class _RunState:
     __slots__ = ("done", "failure", "usage", "values")
 
-    def __init__(self, flow: Flow, inputs: Mapping[str, str]) -> None:
+    def __init__(self, flow: Flow, inputs: Mapping[str, str], usage: dict[str, Any]) -> None:
         self.values: dict[str, str] = dict(inputs)
         self.done = {node_id: anyio.Event() for node_id in flow.nodes}
-        self.usage: dict[str, Any] = {}
+        self.usage = usage
         self.failure: NodeError | None = None
 
 
@@ -54,12 +54,20 @@ class Runner:
 
     @asynccontextmanager
     async def start(
-        self, flow: Flow, inputs: Mapping[str, str], memory: Memory | None = None
+        self,
+        flow: Flow,
+        inputs: Mapping[str, str],
+        memory: Memory | None = None,
+        usage: dict[str, Any] | None = None,
     ) -> AsyncIterator[ObjectReceiveStream[Event]]:
-        """Start the run; yield its event stream. Leaving the block cancels what is left."""
+        """Start the run; yield its event stream. Leaving the block cancels what is left.
+
+        ``usage`` (node id -> token counts) is filled in as nodes finish or are cancelled, so
+        the caller has it even for a run that never reached its RunFinished event."""
         send, receive = anyio.create_memory_object_stream[Event](math.inf)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._drive, flow, inputs, memory, send)
+            state = _RunState(flow, inputs, {} if usage is None else usage)
+            tg.start_soon(self._drive, flow, state, memory, send)
             try:
                 with receive:
                     yield receive
@@ -69,11 +77,10 @@ class Runner:
     async def _drive(
         self,
         flow: Flow,
-        inputs: Mapping[str, str],
+        state: _RunState,
         memory: Memory | None,
         send: ObjectSendStream[Event],
     ) -> None:
-        state = _RunState(flow, inputs)
         with send:
             async with anyio.create_task_group() as tg:
                 for node_id in flow.order:
@@ -158,8 +165,8 @@ class Runner:
                 send.send_nowait(NodeDelta(node_id, chunk))
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
+            state.usage[node_id] = request.usage.as_dict()  # partial when cancelled
         text = "".join(parts)
-        state.usage[node_id] = request.usage.as_dict()
         if memory is not None and spec.memory is not None:
             await memory.append(node_id, prompt, text)
         return text

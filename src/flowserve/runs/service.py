@@ -108,6 +108,7 @@ class Run:
         self.user_id = user_id
         self.parts: dict[str, list[str]] = {node_id: [] for node_id in self.flow.nodes}
         self.final: RunFinished | None = None
+        self.usage: dict[str, Any] = {}
         self.first_token_at: Any = None
         self._stream: ObjectReceiveStream[Event] | None = None
 
@@ -193,7 +194,9 @@ class RunService:
                 with anyio.CancelScope() as scope:  # cancelled by stop()
                     self.active[run.id] = scope
                     try:
-                        async with self.runner.start(loaded.flow, inputs, memory) as events:
+                        async with self.runner.start(
+                            loaded.flow, inputs, memory, run.usage
+                        ) as events:
                             run._stream = events
                             yield run
                     finally:
@@ -218,7 +221,9 @@ class RunService:
                 log.exception("could not record the start of run %s", record.id)
 
     async def _record(self, run: Run) -> None:
-        final = run.final or RunFinished(CANCELLED, error="run cancelled", error_type="cancelled")
+        final = run.final or RunFinished(
+            CANCELLED, error="run cancelled", error_type="cancelled", usage=run.usage
+        )
         run.final = final
         try:
             await self.runs.finish(
@@ -228,7 +233,7 @@ class RunService:
                 error=final.error,
                 error_type=final.error_type,
                 error_node=final.node_id,
-                usage=final.usage,
+                usage=run.usage,
                 first_token_at=run.first_token_at,
             )
         except Exception:

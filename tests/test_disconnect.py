@@ -1,0 +1,64 @@
+"""A client that leaves cancels its run: generation stops and the run is recorded CANCELLED
+with the partial output (contract 2.4, resume_grace = 0)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from tests import sse
+from tests.conftest import Server
+
+pytestmark = pytest.mark.slow
+
+
+def record(server: Server, flow: str, run_id: str) -> dict:
+    url = f"{server.base_url}/inference/v0/run/{server.org}/{flow}/metadata?run_id={run_id}"
+    return httpx.get(url, headers=server.auth(server.private_key), timeout=10).json()
+
+
+def test_client_disconnect_cancels_the_run(server: Server):
+    url = f"{server.base_url}/stream_exported_flow?flow_id=long&org={server.org}"
+    received = ""
+    run_id = None
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream("POST", url, headers=server.auth(), json={}) as response,
+    ):
+        assert response.status_code == 200
+        buffer = ""
+        for chunk in response.iter_text():
+            buffer += chunk
+            messages = list(sse.parse(buffer[: buffer.rfind("\n\n") + 2]))
+            if messages:
+                run_id = messages[-1].id.split(":")[0]
+                received = messages[-1].json()["out-0"]
+            if len(received.split()) >= 8:
+                break
+        left_at = time.monotonic()
+    # The connection is closed here. The run must end promptly, not after 2000 tokens.
+    rec = record(server, "long", run_id)
+    while rec["state"] == "RUNNING" and time.monotonic() - left_at < 10:
+        time.sleep(0.05)
+        rec = record(server, "long", run_id)
+    assert rec["state"] == "CANCELLED", rec
+    assert time.monotonic() - left_at < 3
+    partial = rec["outputs"]["out-0"]
+    assert partial.startswith(received) and 0 < len(partial) < 2000 * 3
+    # Generation stopped: tokens generated is what was sent plus the few in flight, far
+    # below the 2000 the node asked for.
+    generated = rec["usage"]["llm-0"]["completion_tokens"]
+    assert generated is not None and generated < 60, generated
+    # And the model is free: a new request streams at once.
+    started = time.monotonic()
+    r = httpx.post(
+        f"{server.base_url}/run_deployed_flow?flow_id=local&org={server.org}",
+        headers=server.auth(),
+        content=json.dumps({"in-0": "Hi"}),
+        timeout=30,
+    )
+    assert r.status_code == 200 and r.json()["out-0"]
+    assert time.monotonic() - started < 5
