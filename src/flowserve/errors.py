@@ -10,6 +10,8 @@
     │   └── PayloadTooLargeError     body over the size limit (413)
     ├── LimitError                   rate / concurrency limit hit (429/503, retry_after)
     ├── RunCancelled                 a run was stopped (client gone, stop request, shutdown)
+    ├── APIError                     (Python client) a server answered with an error
+    │   └── RunFailedError           (Python client) the run failed after streaming began
     └── NodeError                    a node failed while running (carries node_id)
         └── ProviderError            raised by a provider adapter at its boundary
             ├── ProviderAuthError        upstream rejected the credentials
@@ -90,6 +92,36 @@ class LimitError(FlowserveError):
 
 class RunCancelled(FlowserveError):
     error_type = "cancelled"
+
+
+class APIError(FlowserveError):
+    """Raised by :mod:`flowserve.client` for an error answer: ``status`` is the HTTP status."""
+
+    error_type = "api_error"
+
+    def __init__(
+        self, message: str, status: int | None, detail: Any = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+class RunFailedError(APIError):
+    error_type = "run_failed"
+
+    def __init__(
+        self,
+        message: str,
+        run_id: str | None = None,
+        node_id: str | None = None,
+        outputs: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, status=None)
+        self.run_id = run_id
+        self.node_id = node_id
+        self.outputs = outputs or {}
 
 
 class NodeError(FlowserveError):

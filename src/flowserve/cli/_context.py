@@ -11,12 +11,12 @@ import typer
 from rich.console import Console
 
 from flowserve.config import Settings
-from flowserve.errors import FlowserveError
+from flowserve.errors import FlowserveError, FlowValidationError
 from flowserve.http.state import AppState
 
 T = TypeVar("T")
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML config file (or FLOWSERVE_CONFIG)")
 DatabaseOption = typer.Option(None, "--database-url", help="overrides FLOWSERVE_DATABASE_URL")
@@ -45,6 +45,15 @@ def run_async(fn: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine; flowserve errors become a clean message and exit code 1."""
     try:
         return asyncio.run(fn())  # type: ignore[arg-type]
-    except FlowserveError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
+    except FlowValidationError as exc:
+        report_invalid(exc)
         raise typer.Exit(1) from None
+    except FlowserveError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def report_invalid(exc: FlowValidationError, what: str = "the flow") -> None:
+    err_console.print(f"[red]{what} is not valid:[/red]", soft_wrap=True)
+    for loc, msg in exc.problems:
+        err_console.print(f"  {loc}: {msg}", soft_wrap=True, markup=False)

@@ -14,6 +14,7 @@ from flowserve.cli._context import (
     console,
     err_console,
     local_state,
+    report_invalid,
     run_async,
     settings_from,
 )
@@ -31,9 +32,7 @@ def _read(path: Path) -> str:
 
 
 def _report(exc: FlowValidationError, path: Path) -> None:
-    err_console.print(f"[red]{path} is not a valid flow:[/red]")
-    for loc, msg in exc.problems:
-        err_console.print(f"  {loc}: {msg}")
+    report_invalid(exc, str(path))
 
 
 @app.command()
@@ -51,11 +50,7 @@ def publish(
         async with local_state(settings) as state:
             return await state.flows.publish(org, text)
 
-    try:
-        stored, flow = run_async(go)
-    except FlowValidationError as exc:
-        _report(exc, path)
-        raise typer.Exit(1) from None
+    stored, flow = run_async(go)
     for warning in flow.warnings:
         err_console.print(f"[yellow]warning:[/yellow] {warning}")
     what = "published" if stored.created else "unchanged"

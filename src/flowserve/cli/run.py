@@ -23,7 +23,6 @@ from flowserve.cli._context import (
     run_async,
     settings_from,
 )
-from flowserve.errors import FlowValidationError
 from flowserve.events import NodeDelta, RunFinished
 from flowserve.runs.service import LoadedFlow, Run
 
@@ -70,13 +69,7 @@ def run(
                 await _show(active, as_json)
             return active
 
-    try:
-        result = run_async(go)
-    except FlowValidationError as exc:
-        err_console.print(f"[red]{flow} is not a valid flow:[/red]")
-        for loc, msg in exc.problems:
-            err_console.print(f"  {loc}: {msg}")
-        raise typer.Exit(1) from None
+    result = run_async(go)
     final = result.final
     if as_json:
         sys.stdout.write(orjson.dumps(result.outputs()).decode() + "\n")

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The test command the README gives, and what CI runs (.ci/run calls this file).
+# Installs flowserve with its dev extras into .venv (the llama-cpp-python build takes ~5 min
+# the first time; pip caches the wheel), installs the JS test client, makes sure PostgreSQL
+# and Redis are up, then runs the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[dev]'
+
+if command -v npm >/dev/null 2>&1 && [ ! -d tests/js/node_modules ]; then
+  (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# Local services for the scale-out tests (see README, "Many processes").
+if command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -q 2>/dev/null; then
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+fi
+if command -v redis-server >/dev/null 2>&1 && ! redis-cli -h 127.0.0.1 ping >/dev/null 2>&1; then
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
+fi
+
+.venv/bin/ruff check src tests bench
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,5 @@
+"""Python client for flowserve, and for Stack AI's hosted API (same routes)."""
+
+from flowserve.client._client import AsyncClient, Client, Update
+
+__all__ = ["AsyncClient", "Client", "Update"]
