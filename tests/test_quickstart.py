@@ -45,7 +45,7 @@ def test_quickstart_prints_a_working_curl_command(tmp_path):
         assert re.search(r"Bearer fs-pub-", curl)
         assert f"127.0.0.1:{port}" in curl
         out = subprocess.run(
-            shlex.split(curl) + ["-sS", "--max-time", "120"],
+            [*shlex.split(curl), "-sS", "--max-time", "120"],
             capture_output=True,
             text=True,
             check=True,
