@@ -1,0 +1,222 @@
+"""OpenAI Chat Completions, and any server that speaks it (``openai-compatible``).
+
+The protocol (how to speak chat completions) is :class:`OpenAIProvider`; the compatible
+provider only changes *where* and *with which key*, and which name ``max_tokens`` travels
+under. Both stream through the official ``openai`` SDK, imported lazily.
+
+Non-obvious choices:
+
+* ``stream_options={"include_usage": True}``: usage arrives on a final chunk whose
+  ``choices`` is empty; it is copied into ``request.usage``.
+* The end marker is a ``finish_reason`` on some chunk. A stream that ends without one (clean
+  EOF, or ``[DONE]`` alone) raises :class:`ProviderTruncatedError`. Servers that put the
+  ``finish_reason`` on the last text chunk (vLLM), send ``content: null`` (llama.cpp), repeat
+  ``role`` on every chunk (Ollama), add unknown fields, or end after the usage chunk without
+  ``[DONE]`` all work; chunks are read defensively because the SDK builds them unvalidated.
+* ``max_tokens`` maps to ``max_completion_tokens`` for OpenAI (newer models reject
+  ``max_tokens``) and to ``max_tokens`` for compatible servers (which may not know the other).
+* The SDK's own retries are off (``max_retries=0``): retrying belongs to
+  :mod:`flowserve.providers.resilience`, which knows whether a token was already sent.
+* The response is closed in ``finally`` (shielded from cancellation), so cancelling the
+  consumer drops the upstream connection at once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import anyio
+from pydantic import Field, ValidationError
+
+from flowserve.errors import (
+    ProviderBadRequestError,
+    ProviderError,
+    ProviderTimeoutError,
+    ProviderTruncatedError,
+    ProviderUpstreamError,
+)
+from flowserve.providers import _upstream
+from flowserve.providers.base import LLMRequest, NodeOptions, Provider, ProviderEnv
+
+if TYPE_CHECKING:
+    from openai import APIStatusError, AsyncOpenAI
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# Generous on purpose: resilience.py enforces the real time limits.
+_READ_TIMEOUT = 900.0
+_CONNECT_TIMEOUT = 10.0
+_CLOSE_GRACE = 2.0
+
+
+class OpenAIOptions(NodeOptions):
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    stop: list[str] | None = Field(default=None, min_length=1, max_length=4)
+
+
+class OpenAIProvider(Provider):
+    name = "openai"
+    Options: ClassVar[type[NodeOptions]] = OpenAIOptions
+    default_model: ClassVar[str | None] = "gpt-4o-mini"
+    default_key_env: ClassVar[str | None] = "OPENAI_API_KEY"
+    _max_tokens_param: ClassVar[str] = "max_completion_tokens"
+
+    def __init__(self, env: ProviderEnv) -> None:
+        super().__init__(env)
+        self._clients: dict[tuple[str, str], AsyncOpenAI] = {}
+
+    # -- where and with which key (what the compatible provider overrides) --
+
+    def _base_url(self, request: LLMRequest) -> str:
+        return request.base_url or self.env.settings.get("base_url") or DEFAULT_BASE_URL
+
+    def _api_key(self, request: LLMRequest) -> str:
+        variable = self.key_env(request.api_key_env)
+        if variable is None:  # only a provider without a default key env gets here
+            return "not-needed"
+        key = self.env.environ.get(variable)
+        if not key:
+            raise _upstream.missing_key(self.name, variable)
+        return key
+
+    def _client(self, base_url: str, api_key: str) -> AsyncOpenAI:
+        client = self._clients.get((base_url, api_key))
+        if client is None:
+            import openai
+
+            client = openai.AsyncOpenAI(
+                api_key=api_key,
+                base_url=base_url,
+                max_retries=0,
+                timeout=openai.Timeout(_READ_TIMEOUT, connect=_CONNECT_TIMEOUT),
+            )
+            self._clients[(base_url, api_key)] = client
+        return client
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.close()
+
+    # -- the protocol --
+
+    def _params(self, request: LLMRequest) -> dict[str, Any]:
+        try:
+            options = self.Options.model_validate(request.options)
+        except ValidationError as exc:
+            raise ProviderBadRequestError(
+                f"invalid options: {exc.errors()[0]['msg']}", provider=self.name
+            ) from exc
+        messages = [{"role": "system", "content": request.system}] if request.system else []
+        messages += [{"role": m.role, "content": m.content} for m in request.messages]
+        params: dict[str, Any] = {
+            "model": request.model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        values = options.model_dump(exclude_none=True)
+        if "max_tokens" in values:
+            params[self._max_tokens_param] = values.pop("max_tokens")
+        params.update(values)  # temperature, top_p and stop keep their names
+        return params
+
+    async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
+        api_key = self._api_key(request)  # before any network call
+        client = self._client(self._base_url(request), api_key)
+        params = self._params(request)
+        finished = False
+        with self._map_errors(api_key) as state:
+            upstream = await client.chat.completions.create(**params)
+            state["connected"] = True
+            try:
+                async for chunk in upstream:
+                    usage = getattr(chunk, "usage", None)
+                    if usage is not None:
+                        request.usage.prompt_tokens = getattr(usage, "prompt_tokens", None)
+                        request.usage.completion_tokens = getattr(usage, "completion_tokens", None)
+                    for choice in getattr(chunk, "choices", None) or ():
+                        if getattr(choice, "index", 0) not in (0, None):
+                            continue  # n > 1 is never requested; ignore stray choices
+                        text = getattr(getattr(choice, "delta", None), "content", None)
+                        if text:
+                            yield text
+                        if getattr(choice, "finish_reason", None):
+                            finished = True
+            finally:
+                with anyio.move_on_after(_CLOSE_GRACE, shield=True):
+                    await upstream.close()
+        if not finished:
+            raise ProviderTruncatedError(_upstream.TRUNCATED, provider=self.name)
+
+    @contextmanager
+    def _map_errors(self, api_key: str) -> Iterator[dict[str, bool]]:
+        """Translate SDK and transport exceptions into flowserve errors, by type and status."""
+        import openai
+
+        state = {"connected": False}
+        try:
+            yield state
+        except ProviderError:
+            raise
+        except openai.APIStatusError as exc:
+            raise self._status_error(exc, api_key) from exc
+        except openai.APITimeoutError as exc:
+            raise ProviderTimeoutError("upstream timed out", provider=self.name) from exc
+        except openai.APIConnectionError as exc:
+            # Recent openai versions also wrap a drop while reading the body in this.
+            message = _upstream.CONNECTION_LOST if state["connected"] else _upstream.CONNECT_FAILED
+            raise ProviderUpstreamError(message, provider=self.name) from exc
+        except openai.APIError as exc:
+            # An error event inside a 200 stream: ``data: {"error": {...}}``.
+            message = _upstream.clean_message(exc.message, api_key) or "upstream stream failed"
+            raise ProviderUpstreamError(message, provider=self.name) from exc
+        except _upstream.timeout_errors() as exc:
+            raise ProviderTimeoutError("upstream timed out", provider=self.name) from exc
+        except _upstream.transport_errors() as exc:
+            raise ProviderUpstreamError(_upstream.CONNECTION_LOST, provider=self.name) from exc
+        except json.JSONDecodeError as exc:
+            raise ProviderUpstreamError("upstream sent malformed data", provider=self.name) from exc
+
+    def _status_error(self, exc: APIStatusError, api_key: str) -> ProviderError:
+        status = exc.status_code
+        # The SDK unwraps ``{"error": {...}}``; compatible servers may send a flat object.
+        body = exc.body if isinstance(exc.body, dict) else {}
+        detail = body.get("message") if isinstance(body.get("message"), str) else None
+        message = _upstream.clean_message(detail or f"upstream returned HTTP {status}", api_key)
+        return _upstream.error_for_status(status)(
+            message,
+            provider=self.name,
+            status=status,
+            retry_after=_upstream.retry_after(exc.response.headers),
+        )
+
+
+class OpenAICompatibleProvider(OpenAIProvider):
+    """Any server speaking chat completions: vLLM, llama.cpp's ``llama-server``, Ollama…
+
+    ``base_url`` comes from the node or from the provider settings (``base_url``). A key is
+    optional: the node's ``api_key_env`` (or the settings' ``api_key_env``) names one, and
+    without either a placeholder is sent, as these servers usually ignore it.
+    """
+
+    name = "openai-compatible"
+    default_model = None
+    default_key_env = None
+    _max_tokens_param = "max_tokens"
+
+    def key_env(self, api_key_env: str | None) -> str | None:
+        return api_key_env or self.env.settings.get("api_key_env")
+
+    def _base_url(self, request: LLMRequest) -> str:
+        base_url = request.base_url or self.env.settings.get("base_url")
+        if not base_url:
+            raise ProviderBadRequestError(
+                "no base_url: set it on the node or in the openai-compatible provider settings",
+                provider=self.name,
+            )
+        return str(base_url)

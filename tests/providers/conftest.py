@@ -1,0 +1,52 @@
+"""Fixtures for the provider tests: one fake server per wire format, reset for each test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from tests.fakes import AnthropicFake, OpenAIFake, ReplicateFake, serve
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def _openai_server() -> Iterator[OpenAIFake]:
+    with serve(OpenAIFake()) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def _anthropic_server() -> Iterator[AnthropicFake]:
+    with serve(AnthropicFake()) as fake:
+        yield fake
+
+
+@pytest.fixture(scope="session")
+def _replicate_server() -> Iterator[ReplicateFake]:
+    with serve(ReplicateFake()) as fake:
+        yield fake
+
+
+@pytest.fixture
+def openai_fake(_openai_server: OpenAIFake) -> Iterator[OpenAIFake]:
+    _openai_server.reset()
+    yield _openai_server
+    assert not _openai_server.errors
+
+
+@pytest.fixture
+def anthropic_fake(_anthropic_server: AnthropicFake) -> Iterator[AnthropicFake]:
+    _anthropic_server.reset()
+    yield _anthropic_server
+    assert not _anthropic_server.errors
+
+
+@pytest.fixture
+def replicate_fake(_replicate_server: ReplicateFake) -> Iterator[ReplicateFake]:
+    _replicate_server.reset()
+    yield _replicate_server
+    assert not _replicate_server.errors

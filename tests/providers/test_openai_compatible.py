@@ -1,0 +1,206 @@
+"""The openai-compatible adapter against the vLLM, llama.cpp and Ollama flavours of the fake."""
+
+from __future__ import annotations
+
+import pytest
+from tests.fakes import OpenAIFake, Scenario
+from tests.providers._support import MULTIBYTE, cancel_after, collect, make_request, wait_until
+
+from flowserve.errors import (
+    ProviderAuthError,
+    ProviderBadRequestError,
+    ProviderTruncatedError,
+    ProviderUpstreamError,
+)
+from flowserve.providers.base import ProviderEnv
+from flowserve.providers.openai import OpenAICompatibleProvider
+
+pytestmark = pytest.mark.anyio
+
+FLAVORS = ["vllm", "llamacpp", "ollama"]
+
+
+def compatible(fake: OpenAIFake, environ: dict[str, str] | None = None, **settings: str):
+    settings.setdefault("base_url", fake.v1)
+    return OpenAICompatibleProvider(ProviderEnv(environ=environ or {}, settings=settings))
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+async def test_streams_text_and_usage(openai_fake: OpenAIFake, flavor: str) -> None:
+    openai_fake.configure(flavor, api_key=None)
+    openai_fake.script(Scenario(tokens=["Hi", " there", "."], prompt_tokens=5))
+    provider = compatible(openai_fake)
+    request = make_request("llama-3.1-8b", options={"max_tokens": 20})
+    try:
+        chunks = await collect(provider.stream(request))
+    finally:
+        await provider.aclose()
+
+    assert chunks == ["Hi", " there", "."]
+    assert request.usage.as_dict() == {"prompt_tokens": 5, "completion_tokens": 3}
+    (sent,) = openai_fake.requests
+    assert sent.headers["authorization"] == "Bearer not-needed"
+    assert sent.body["max_tokens"] == 20  # compatible servers get the classic name
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+async def test_multibyte_characters_split_across_writes(
+    openai_fake: OpenAIFake, flavor: str
+) -> None:
+    openai_fake.configure(flavor, api_key=None)
+    openai_fake.script(Scenario(tokens=MULTIBYTE, split_utf8=True))
+    provider = compatible(openai_fake)
+    try:
+        chunks = await collect(provider.stream(make_request("m")))
+    finally:
+        await provider.aclose()
+
+    assert "".join(chunks) == "héllo 日本語 🎉"
+
+
+async def test_usage_chunk_without_done_marker_is_complete(openai_fake: OpenAIFake) -> None:
+    openai_fake.configure("ollama", api_key=None)
+    openai_fake.script(Scenario(tokens=["a", "b"], end_marker=False))
+    provider = compatible(openai_fake)
+    request = make_request("llama3.2")
+    try:
+        assert await collect(provider.stream(request)) == ["a", "b"]
+    finally:
+        await provider.aclose()
+    assert request.usage.completion_tokens == 2
+
+
+@pytest.mark.parametrize("flavor", ["vllm", "llamacpp"])
+async def test_integer_error_codes(openai_fake: OpenAIFake, flavor: str) -> None:
+    openai_fake.configure(flavor, api_key=None)
+    openai_fake.script(Scenario(status=400))
+    provider = compatible(openai_fake)
+    try:
+        with pytest.raises(ProviderBadRequestError) as caught:
+            await collect(provider.stream(make_request("m")))
+    finally:
+        await provider.aclose()
+
+    assert (caught.value.status, caught.value.provider) == (400, "openai-compatible")
+    assert caught.value.message == "Invalid value for 'temperature'."
+
+
+async def test_flat_error_body_of_old_vllm(openai_fake: OpenAIFake) -> None:
+    openai_fake.configure("vllm", api_key=None)
+    flat = {
+        "object": "error",
+        "message": "context too long",
+        "type": "BadRequestError",
+        "param": None,
+        "code": 400,
+    }
+    openai_fake.script(Scenario(status=400, body=flat))
+    provider = compatible(openai_fake)
+    try:
+        with pytest.raises(ProviderBadRequestError, match="context too long"):
+            await collect(provider.stream(make_request("m")))
+    finally:
+        await provider.aclose()
+
+
+async def test_error_event_then_done_marker(openai_fake: OpenAIFake) -> None:
+    openai_fake.configure("vllm", api_key=None)
+    error = {
+        "message": "KV cache exhausted",
+        "type": "InternalServerError",
+        "param": None,
+        "code": 500,
+    }
+    openai_fake.script(Scenario(error_after=1, error_body=error))
+    provider = compatible(openai_fake)
+    try:
+        with pytest.raises(ProviderUpstreamError, match="KV cache exhausted"):
+            await collect(provider.stream(make_request("m")))
+    finally:
+        await provider.aclose()
+
+
+async def test_done_marker_without_finish_reason_is_truncated(openai_fake: OpenAIFake) -> None:
+    # What an unrecognised native Ollama error looks like: no finish_reason, stream ends.
+    openai_fake.configure("ollama", api_key=None)
+    openai_fake.script(Scenario(truncate_after=1))
+    provider = compatible(openai_fake)
+    try:
+        with pytest.raises(ProviderTruncatedError):
+            await collect(provider.stream(make_request("m")))
+    finally:
+        await provider.aclose()
+
+
+async def test_dropped_connection(openai_fake: OpenAIFake) -> None:
+    openai_fake.configure("llamacpp", api_key=None)
+    openai_fake.script(Scenario(drop_after=1))
+    provider = compatible(openai_fake)
+    try:
+        with pytest.raises(ProviderUpstreamError, match="connection to upstream lost"):
+            await collect(provider.stream(make_request("m")))
+    finally:
+        await provider.aclose()
+
+
+async def test_cancelling_the_consumer_closes_the_upstream(openai_fake: OpenAIFake) -> None:
+    openai_fake.configure("vllm", api_key=None)
+    openai_fake.script(Scenario(tokens=[f"t{i} " for i in range(500)], gap=0.05))
+    provider = compatible(openai_fake)
+    try:
+        seen, cancelled_at = await cancel_after(provider.stream(make_request("m")), 2)
+    finally:
+        await provider.aclose()
+
+    assert seen == ["t0 ", "t1 "]
+    await wait_until(lambda: openai_fake.disconnects)
+    assert openai_fake.disconnects[0] - cancelled_at < 0.1
+
+
+async def test_key_from_named_variable(openai_fake: OpenAIFake) -> None:
+    openai_fake.configure("vllm", api_key="vllm-secret")
+    provider = compatible(openai_fake, {"VLLM_KEY": "vllm-secret"})
+    try:
+        assert await collect(provider.stream(make_request("m", api_key_env="VLLM_KEY")))
+    finally:
+        await provider.aclose()
+
+    assert openai_fake.requests[0].headers["authorization"] == "Bearer vllm-secret"
+
+
+async def test_key_variable_from_settings(openai_fake: OpenAIFake) -> None:
+    openai_fake.configure("vllm", api_key="vllm-secret")
+    provider = compatible(openai_fake, {"VLLM_KEY": "vllm-secret"}, api_key_env="VLLM_KEY")
+    try:
+        assert await collect(provider.stream(make_request("m")))
+    finally:
+        await provider.aclose()
+
+
+async def test_named_variable_missing_fails_before_any_request(openai_fake: OpenAIFake) -> None:
+    provider = compatible(openai_fake)
+
+    with pytest.raises(ProviderAuthError, match="environment variable VLLM_KEY is not set"):
+        await collect(provider.stream(make_request("m", api_key_env="VLLM_KEY")))
+
+    assert openai_fake.requests == []
+    assert provider.missing_credentials(None) is None
+    assert provider.missing_credentials("VLLM_KEY") == "VLLM_KEY"
+
+
+async def test_base_url_from_the_node(openai_fake: OpenAIFake) -> None:
+    openai_fake.configure("ollama", api_key=None)
+    provider = OpenAICompatibleProvider(ProviderEnv(environ={}, settings={}))
+    try:
+        assert await collect(provider.stream(make_request("m", base_url=openai_fake.v1)))
+    finally:
+        await provider.aclose()
+
+
+async def test_base_url_is_required(openai_fake: OpenAIFake) -> None:
+    provider = OpenAICompatibleProvider(ProviderEnv(environ={}, settings={}))
+
+    with pytest.raises(ProviderBadRequestError, match="no base_url"):
+        await collect(provider.stream(make_request("m")))
+
+    assert openai_fake.requests == []
