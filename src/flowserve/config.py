@@ -33,8 +33,21 @@ class Settings(BaseSettings):
     keepalive_interval: float = Field(default=15.0, gt=0)
     resume_grace: float = Field(default=0.0, ge=0)
 
-    # request limits
+    # request limits (each refusal is a 4xx naming the limit, before any provider is called)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_inputs: int = Field(default=64, ge=1)  # values in one run request body
+    max_input_chars: int = Field(default=100_000, ge=1)  # length of each input value
+    max_url_bytes: int = Field(default=4096, ge=256)  # path + query string (414)
+    max_header_bytes: int = Field(default=32_768, ge=1024)  # all request headers (431)
+
+    # abuse limits, per API key and for the whole process (flowserve.http.limits)
+    rate_limit_per_minute: int = Field(default=600, ge=0)  # default per key; 0 = no limit
+    max_concurrent_runs_per_key: int = Field(default=20, ge=1)  # beyond: 429
+    max_concurrent_runs: int = Field(default=200, ge=1)  # beyond: 503
+
+    # run time limits; a flow's ``limits: {timeout, idle_timeout}`` overrides them
+    run_timeout: float = Field(default=600.0, gt=0)  # total seconds
+    run_idle_timeout: float = Field(default=120.0, gt=0)  # seconds without a token
 
     # provider calls (generic: applies to every provider)
     max_retries: int = Field(default=2, ge=0, le=10)
@@ -45,6 +58,8 @@ class Settings(BaseSettings):
     flow_cache_ttl: float = Field(default=2.0, ge=0)
     key_cache_ttl: float = Field(default=5.0, ge=0)
 
+    # the provider of LLM nodes that do not name one: the embedded model
+    default_provider: str = "local"
     # provider sections, e.g. {"local": {"instances": 1, "n_threads": 2}}
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     warm_up: bool = True

@@ -27,6 +27,7 @@ class Node:
     deps: tuple[str, ...]
     templates: Mapping[str, Template]  # field name -> parsed template
     model: str | None = None
+    provider: str | None = None  # resolved provider name (llm nodes)
     options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -122,14 +123,15 @@ def _check_llm(
     problems: list[tuple[str, str]] = []
     warnings: list[str] = []
     loc = f"nodes.{node_id}"
+    provider_name = spec.provider or registry.default
     try:
-        provider_cls = registry.provider_class(spec.provider)
+        provider_cls = registry.provider_class(provider_name)
     except ConfigError as exc:
         return [(f"{loc}.provider", exc.message)], [], None, {}
-    provider = registry.get(spec.provider)
+    provider = registry.get(provider_name)
     model = spec.model or provider_cls.default_model
     if model is None:
-        problems.append((f"{loc}.model", f"provider {spec.provider!r} needs a model"))
+        problems.append((f"{loc}.model", f"provider {provider_name!r} needs a model"))
     elif (problem := provider.check_model(model)) is not None:
         problems.append((f"{loc}.model", problem))
     options: dict[str, Any] = {}
@@ -141,7 +143,7 @@ def _check_llm(
             name = ".".join(str(p) for p in err["loc"]) or "options"
             msg = err["msg"]
             if err["type"] == "extra_forbidden":
-                msg = f"option not supported by provider {spec.provider!r}"
+                msg = f"option not supported by provider {provider_name!r}"
             problems.append((f"{loc}.{name}", msg))
     if (var := provider.missing_credentials(spec.api_key_env)) is not None:
         warnings.append(
@@ -203,6 +205,9 @@ def compile_flow(spec: FlowSpec, registry: ProviderRegistry) -> Flow:
             deps=deps[node_id],
             templates=templates[node_id],
             model=models.get(node_id),
+            provider=(node_spec.provider or registry.default)
+            if isinstance(node_spec, LLMNodeSpec)
+            else None,
             options=options.get(node_id, {}),
         )
         for node_id, node_spec in spec.nodes.items()

@@ -26,7 +26,7 @@ class MemorySpec(_Strict):
 
 class LLMNodeSpec(_Strict):
     type: Literal["llm"]
-    provider: str = "local"
+    provider: str | None = None  # None: the server's default provider (settings)
     model: str | None = None
     system: str | None = None
     prompt: str
@@ -52,6 +52,15 @@ class TemplateNodeSpec(_Strict):
 NodeSpec = Annotated[LLMNodeSpec | TemplateNodeSpec, Field(discriminator="type")]
 
 
+class FlowLimits(_Strict):
+    """Time limits of one run, in seconds; unset ones take the server's defaults
+    (``run_timeout``, ``run_idle_timeout``). A run over either is FAILED (error_type
+    ``timeout``)."""
+
+    timeout: float | None = Field(default=None, gt=0, le=86_400)  # total run time
+    idle_timeout: float | None = Field(default=None, gt=0, le=86_400)  # no token for this long
+
+
 class FlowSpec(_Strict):
     id: Identifier
     name: str = ""
@@ -59,3 +68,4 @@ class FlowSpec(_Strict):
     inputs: dict[Identifier, InputSpec] = Field(default_factory=dict)
     nodes: dict[Identifier, NodeSpec] = Field(default_factory=dict)
     outputs: dict[Identifier, Identifier]
+    limits: FlowLimits | None = None

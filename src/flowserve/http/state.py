@@ -40,7 +40,8 @@ class AppState:
     def build(cls, settings: Settings) -> AppState:
         db = Database(settings.database_url)
         registry = ProviderRegistry.from_entry_points(
-            ProviderEnv(environ=dict(os.environ), settings=settings.providers)
+            ProviderEnv(environ=dict(os.environ), settings=settings.providers),
+            default=settings.default_provider,
         )
         policy = RetryPolicy(
             max_retries=settings.max_retries,
@@ -86,7 +87,7 @@ class AppState:
                 continue
             for node in loaded.flow.nodes.values():
                 if isinstance(node.spec, LLMNodeSpec) and node.model:
-                    pairs.add((node.spec.provider, node.model))
+                    pairs.add((node.provider or self.registry.default, node.model))
         for provider, model in sorted(pairs):
             try:
                 await self.registry.get(provider).prepare(model)

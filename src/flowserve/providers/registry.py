@@ -16,15 +16,16 @@ ENTRY_POINT_GROUP = "flowserve.providers"
 
 
 class ProviderRegistry:
-    def __init__(self, env: ProviderEnv) -> None:
+    def __init__(self, env: ProviderEnv, default: str = "local") -> None:
         self._env = env
+        self.default = default  # used by nodes that name no provider
         self._classes: dict[str, type[Provider]] = {}
         self._instances: dict[str, Provider] = {}
         self._lazy: dict[str, Any] = {}
 
     @classmethod
-    def from_entry_points(cls, env: ProviderEnv) -> ProviderRegistry:
-        registry = cls(env)
+    def from_entry_points(cls, env: ProviderEnv, default: str = "local") -> ProviderRegistry:
+        registry = cls(env, default)
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             registry.register_lazy(ep.name, ep)
         return registry

@@ -140,7 +140,7 @@ class Runner:
         memory: Memory | None,
         send: ObjectSendStream[Event],
     ) -> str:
-        provider = self.registry.get(spec.provider)
+        provider = self.registry.get(node.provider or self.registry.default)
         prompt = node.templates["prompt"].render(state.values)
         system = (
             node.templates["system"].render(state.values) if "system" in node.templates else None
