@@ -59,6 +59,8 @@ class Run(Base):
     flow_version: Mapped[int] = mapped_column(Integer)
     key_id: Mapped[str] = mapped_column(String(32))
     state: Mapped[str] = mapped_column(String(16))  # RUNNING COMPLETED FAILED CANCELLED
+    # The Instance (process) running it: a RUNNING run whose owner is dead was interrupted.
+    owner: Mapped[str | None] = mapped_column(String(32), nullable=True)
     inputs: Mapped[dict[str, Any]]
     outputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -83,3 +85,18 @@ class MemoryTurn(Base):
     user_text: Mapped[str] = mapped_column(Text)
     assistant_text: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Instance(Base):
+    """A live flowserve process using this database. It refreshes ``heartbeat_at`` while it
+    runs and deletes its row when it stops; see ``flowserve.store.instances``."""
+
+    __tablename__ = "instances"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255), default="")
+    # Where the process can be checked directly: boot id + pid namespace; "" when unknown.
+    node: Mapped[str] = mapped_column(String(200), default="")
+    pid: Mapped[int] = mapped_column(Integer)
+    pid_started: Mapped[str] = mapped_column(String(32), default="")  # tells pid reuse apart
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
