@@ -176,3 +176,11 @@ async def test_an_older_database_gains_the_owner_column(tmp_path):
         assert conn.execute("SELECT id, state, owner FROM runs").fetchall() == [
             ("r1", "COMPLETED", None)
         ]
+
+
+async def test_an_error_inside_alive_comes_out_as_raised(db):
+    with pytest.raises(KeyError, match="boom"):
+        async with InstanceStore(db).alive():
+            raise KeyError("boom")
+    async with db.session() as s:
+        assert (await s.execute(select(Instance))).scalars().all() == []

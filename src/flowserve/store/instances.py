@@ -187,6 +187,10 @@ class InstanceStore:
                     yield
                 finally:
                     tg.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # The heartbeat never raises, so the error is the block's: give it back as it was
+            # raised (callers catch FlowserveError, not a group).
+            raise group.exceptions[0] from None
         finally:
             with anyio.CancelScope(shield=True):
                 try:
