@@ -75,3 +75,17 @@ def parse_bearer(header: str | None) -> tuple[str, str]:
 
 def secret_matches(salt: str, secret: str, stored_hash: str) -> bool:
     return hmac.compare_digest(hash_secret(salt, secret), stored_hash)
+
+
+# Hashed and compared against when the key id is unknown, so that a miss does the same work
+# as a hit: the response time does not tell an attacker whether a key id exists.
+_DUMMY_SALT = secrets.token_hex(16)
+_DUMMY_HASH = hash_secret(_DUMMY_SALT, secrets.token_urlsafe(32))
+
+
+def check_secret(salt: str | None, stored_hash: str | None, secret: str) -> bool:
+    """``secret_matches`` against the stored key, or against a dummy when there is none."""
+    if salt is None or stored_hash is None:
+        secret_matches(_DUMMY_SALT, secret, _DUMMY_HASH)
+        return False
+    return secret_matches(salt, secret, stored_hash)

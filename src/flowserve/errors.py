@@ -10,6 +10,7 @@
     │   └── PayloadTooLargeError     body over the size limit (413)
     ├── LimitError                   rate / concurrency limit hit (429/503, retry_after)
     ├── RunCancelled                 a run was stopped (client gone, stop request, shutdown)
+    ├── RunTimeoutError              a run hit its total or idle time limit (state FAILED)
     ├── APIError                     (Python client) a server answered with an error
     │   └── RunFailedError           (Python client) the run failed after streaming began
     └── NodeError                    a node failed while running (carries node_id)
@@ -92,6 +93,14 @@ class LimitError(FlowserveError):
 
 class RunCancelled(FlowserveError):
     error_type = "cancelled"
+
+
+class RunTimeoutError(FlowserveError):
+    """The run as a whole took too long, or produced nothing for too long. Not a node's
+    fault, so it names no node."""
+
+    error_type = "timeout"
+    node_id: str | None = None
 
 
 class APIError(FlowserveError):

@@ -16,7 +16,10 @@ run_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("run_id"
 
 class _RunIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.run_id = run_id_var.get()
+        # ``extra={"run_id": …}`` names the run explicitly (e.g. the request log, written
+        # after the run's context has ended); otherwise the current run's.
+        if getattr(record, "run_id", None) is None:
+            record.run_id = run_id_var.get()
         return True
 
 
@@ -29,6 +32,9 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             "run_id": getattr(record, "run_id", None),
         }
+        fields = getattr(record, "fields", None)  # structured extras: ``extra={"fields": {…}}``
+        if isinstance(fields, dict):
+            entry.update((k, v) for k, v in fields.items() if k not in entry)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from flowserve.auth import PRIVATE, PUBLIC
 from flowserve.cli._context import (
@@ -25,6 +25,9 @@ def create(
     org: str = OrgOption,
     name: str = typer.Option("", help="a label for the key"),
     origin: list[str] = typer.Option([], help="allowed browser origin (repeatable; '*' = any)"),
+    rate_limit: int = typer.Option(
+        None, "--rate-limit", min=0, help="requests per minute (default: the server's; 0 = none)"
+    ),
     create_org: bool = typer.Option(False, "--create-org", help="create the org if missing"),
     config: str = ConfigOption,
     database_url: str = DatabaseOption,
@@ -38,7 +41,7 @@ def create(
         async with local_state(settings) as state:
             if create_org:
                 await state.keys.create_org(org)
-            key = await state.keys.create_key(org, kind, name, list(origin))
+            key = await state.keys.create_key(org, kind, name, list(origin), rate_limit)
             return key.token
 
     token = run_async(go)
@@ -56,7 +59,8 @@ def list_(
         async with local_state(settings) as state:
             return await state.keys.list_keys(org)
 
-    table = Table("id", "kind", "name", "created", "revoked", "origins")
+    columns = ("kind", "name", "created", "revoked", "origins", "rate/min")
+    table = Table(Column("id", no_wrap=True), *columns)
     for k in run_async(go):
         table.add_row(
             k.key_id,
@@ -65,6 +69,7 @@ def list_(
             k.created_at.strftime("%Y-%m-%d %H:%M"),
             "yes" if k.revoked else "",
             ",".join(k.allowed_origins),
+            "" if k.rate_limit_per_minute is None else str(k.rate_limit_per_minute),
         )
     console.print(table)
 

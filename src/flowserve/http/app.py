@@ -1,5 +1,6 @@
 """The FastAPI application. No BaseHTTPMiddleware anywhere: it would buffer streams and hide
-client disconnects."""
+client disconnects. The three middlewares are pure ASGI and act once per request, never per
+frame: the request log (outermost), URL and header size limits, CORS preflights."""
 
 from __future__ import annotations
 
@@ -15,8 +16,12 @@ from flowserve import __version__
 from flowserve.config import Settings
 from flowserve.errors import FlowserveError
 from flowserve.http import errors
+from flowserve.http.access import AccessLog
+from flowserve.http.cors import Preflight
+from flowserve.http.limits import RequestSizeGuard
 from flowserve.http.routes_flows import router as flows_router
 from flowserve.http.routes_run import router as run_router
+from flowserve.http.routes_stop import router as stop_router
 from flowserve.http.state import AppState
 
 
@@ -49,7 +54,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, errors.validation_error_handler)
     app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)
     app.include_router(run_router)
+    app.include_router(stop_router)
     app.include_router(flows_router)
+    # add_middleware puts each outside the ones before it.
+    app.add_middleware(Preflight)
+    app.add_middleware(
+        RequestSizeGuard,
+        max_url_bytes=settings.max_url_bytes,
+        max_header_bytes=settings.max_header_bytes,
+    )
+    app.add_middleware(AccessLog)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness")
     async def healthz() -> Response:

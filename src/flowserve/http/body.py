@@ -1,4 +1,10 @@
-"""Reading the run request body: one JSON object of inputs plus an optional ``user_id``."""
+"""Reading the run request body: one JSON object of inputs plus an optional ``user_id``.
+
+Every limit is checked here, before a flow sees the inputs, and each refusal names it: size
+(413), JSON nesting (422: orjson refuses over 1024 levels without recursing, and anything
+deeper than the object itself is refused later as "must be a string"), number of inputs and
+length of each (422, naming the field), and ``user_id``'s format.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,10 @@ from starlette.requests import Request
 
 from flowserve.errors import InputError, PayloadTooLargeError
 
-USER_ID = re.compile(r"^[\w.@:+-]{1,256}$")
+USER_ID = re.compile(r"[\w.@:+-]{1,256}")  # fullmatch: ``$`` would let a final newline in
+JSON_MAX_DEPTH = 1024  # orjson's own limit
+_JSON_NESTING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+MAX_NAME = 64  # input names are flow identifiers
 
 # Documented in OpenAPI although the route reads the body itself (faster than a pydantic model
 # per request, and lets us keep the contract's exact error shapes).
@@ -33,7 +42,23 @@ RUN_BODY_SCHEMA: dict[str, Any] = {
 }
 
 
-async def read_run_body(request: Request, limit: int) -> tuple[dict[str, Any], str | None]:
+def _nesting(raw: bytes) -> int:
+    """The deepest nesting of arrays and objects in ``raw`` (strings skipped). Only called on
+    a body orjson refused, to say why."""
+    depth = deepest = 0
+    for match in _JSON_NESTING.finditer(raw):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
+async def read_run_body(
+    request: Request, limit: int, max_inputs: int = 64, max_input_chars: int = 100_000
+) -> tuple[dict[str, Any], str | None]:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(f"request body larger than {limit} bytes")
@@ -51,11 +76,27 @@ async def read_run_body(request: Request, limit: int) -> tuple[dict[str, Any], s
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
+            if _nesting(raw) > JSON_MAX_DEPTH:
+                raise InputError(
+                    f"body nests JSON deeper than {JSON_MAX_DEPTH} levels", ("body",)
+                ) from None
             raise InputError("body is not valid JSON", ("body",)) from None
     if not isinstance(data, dict):
         raise InputError("body must be a JSON object of inputs", ("body",))
     user_id = data.pop("user_id", None)
-    if user_id is not None and (not isinstance(user_id, str) or not USER_ID.match(user_id)):
+    if len(data) > max_inputs:
+        raise InputError(f"too many inputs: {len(data)} (the limit is {max_inputs})", ("body",))
+    for name, value in data.items():
+        if len(name) > MAX_NAME:
+            raise InputError(
+                f"input name {name[:MAX_NAME]!r}… is longer than {MAX_NAME} characters",
+                ("body", name[:MAX_NAME]),
+            )
+        if isinstance(value, str) and len(value) > max_input_chars:
+            raise InputError(
+                f"input {name!r} is longer than {max_input_chars} characters", ("body", name)
+            )
+    if user_id is not None and (not isinstance(user_id, str) or not USER_ID.fullmatch(user_id)):
         raise InputError(
             "user_id must be a string of 1-256 letters, digits or . @ : + - _",
             ("body", "user_id"),

@@ -3,7 +3,8 @@
 Before the first byte, every error gets a real status code and FastAPI's ``{"detail": …}``
 body. When the request accepts ``text/event-stream``, the same status is sent as an SSE body
 ``data: {"error", "detail", "status"}`` so that ``fetch-event-source`` clients see the error
-instead of retrying blindly (contract 2.2).
+instead of retrying blindly (contract 2.2). An error answer to a browser (an ``Origin``
+header) is readable by it, whatever its origin: see ``flowserve.http.cors``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from flowserve.errors import (
     NotFoundError,
     PayloadTooLargeError,
 )
+from flowserve.http import cors
+from flowserve.http.access import note
 
 log = logging.getLogger("flowserve.http")
 
@@ -68,6 +71,10 @@ def error_response(
     request: Request, status: int, detail: Any, headers: dict[str, str] | None = None
 ) -> Response:
     headers = dict(headers or {})
+    origin = request.headers.get("origin")
+    if origin is not None:
+        headers.update(cors.error_headers(origin))
+    note(request.scope, status=status)
     if not wants_sse(request):
         return Response(orjson.dumps({"detail": detail}), status, headers, "application/json")
     message = (

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import orjson
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Path, Request
 from starlette.responses import Response
 
 from flowserve.errors import InputError, PayloadTooLargeError
+from flowserve.http.access import note
+from flowserve.http.admission import admit
 from flowserve.http.state import AppState
 
 router = APIRouter(tags=["flows"])
 AuthHeader = Annotated[str | None, Header(alias="Authorization", include_in_schema=False)]
+OrgPath = Annotated[str, Path(description="organisation id", min_length=1, max_length=64)]
 
 PUBLISH_BODY = {
     "requestBody": {
@@ -31,10 +33,12 @@ PUBLISH_BODY = {
     openapi_extra=PUBLISH_BODY,
     status_code=201,
 )
-async def publish_flow(request: Request, org: str, authorization: AuthHeader = None) -> Response:
+async def publish_flow(
+    request: Request, org: OrgPath, authorization: AuthHeader = None
+) -> Response:
     state: AppState = request.app.state.flowserve
-    principal = await state.authenticate(authorization, org)
-    state.require_private(principal, "publish flows")
+    caller = await admit(request, authorization, org)
+    state.require_private(caller.principal, "publish flows")
     body = await request.body()
     if len(body) > state.settings.max_body_bytes:
         raise PayloadTooLargeError(f"flow file larger than {state.settings.max_body_bytes} bytes")
@@ -49,19 +53,20 @@ async def publish_flow(request: Request, org: str, authorization: AuthHeader = N
         "created": stored.created,
         "warnings": list(flow.warnings),
     }
-    return Response(
-        orjson.dumps(payload), 201 if stored.created else 200, media_type="application/json"
-    )
+    status = 201 if stored.created else 200
+    note(request.scope, status=status)
+    return caller.json(payload, status)
 
 
 @router.get("/v1/orgs/{org}/flows", summary="List the org's flows and their latest versions")
-async def list_flows(request: Request, org: str, authorization: AuthHeader = None) -> Response:
+async def list_flows(request: Request, org: OrgPath, authorization: AuthHeader = None) -> Response:
     state: AppState = request.app.state.flowserve
-    principal = await state.authenticate(authorization, org)
-    state.require_private(principal, "list flows")
+    caller = await admit(request, authorization, org)
+    state.require_private(caller.principal, "list flows")
     rows = await state.flows.store.list(org)
     payload = [
         {"flow_id": flow_id, "version": version, "published_at": at.isoformat()}
         for flow_id, version, at in rows
     ]
-    return Response(orjson.dumps(payload), media_type="application/json")
+    note(request.scope, status=200)
+    return caller.json(payload)

@@ -1,18 +1,23 @@
-"""Running flows: the legacy routes and ``/inference/v0/*`` (contract 2.1)."""
+"""Running flows: the legacy routes and ``/inference/v0/*`` (contract 2.1).
+
+Each run request is admitted (key, origin, rate: ``flowserve.http.admission``), has its flow
+and body checked, and takes a run slot last, all before the first byte.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-import orjson
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from starlette.responses import Response
 
-from flowserve.auth import Principal
 from flowserve.errors import NotFoundError
 from flowserve.events import RunFinished
+from flowserve.http.access import note
+from flowserve.http.admission import Caller, SlotResponse, admit
 from flowserve.http.body import RUN_BODY_SCHEMA, read_run_body
 from flowserve.http.frames import EnvelopeEncoder, LegacyEncoder, envelope, metadata
+from flowserve.http.limits import Slot
 from flowserve.http.state import AppState
 from flowserve.http.stream import RunStreamResponse
 from flowserve.runs.service import LoadedFlow, Run
@@ -21,60 +26,77 @@ from flowserve.store.runs import timings
 router = APIRouter()
 
 AuthHeader = Annotated[str | None, Header(alias="Authorization", include_in_schema=False)]
-Version = Annotated[int, Query(description="flow version; -1 (default) is the latest", ge=-1)]
+Version = Annotated[
+    int, Query(description="flow version; -1 (default) is the latest", ge=-1, le=2**31 - 1)
+]
 FLOW_ID = Query(description="flow id", min_length=1, max_length=64)
 ORG = Query(description="organisation id", min_length=1, max_length=64)
-
-
-def _json(payload: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status, media_type="application/json")
+OrgPath = Annotated[str, Path(description="organisation id", min_length=1, max_length=64)]
+FlowPath = Annotated[str, Path(description="flow id", min_length=1, max_length=64)]
 
 
 async def _prepare(
     request: Request, authorization: str | None, org: str, flow_id: str, version: int
-) -> tuple[AppState, Principal, LoadedFlow, dict[str, str], str | None]:
+) -> tuple[AppState, Caller, LoadedFlow, dict[str, str], str | None, Slot]:
     state: AppState = request.app.state.flowserve
-    principal = await state.authenticate(authorization, org)
+    caller = await admit(request, authorization, org)
     loaded = await state.flows.get(org, flow_id, version)
-    given, user_id = await read_run_body(request, state.settings.max_body_bytes)
+    settings = state.settings
+    given, user_id = await read_run_body(
+        request, settings.max_body_bytes, settings.max_inputs, settings.max_input_chars
+    )
     inputs = loaded.flow.resolve_inputs(given)
-    return state, principal, loaded, inputs, user_id
+    slot = state.limits.acquire(caller.principal)  # last: a refused request holds no slot
+    return state, caller, loaded, inputs, user_id, slot
 
 
 async def _run_to_end(
+    request: Request,
     state: AppState,
-    principal: Principal,
+    caller: Caller,
     loaded: LoadedFlow,
     inputs: dict[str, str],
     user_id: str | None,
+    slot: Slot,
 ) -> Run:
-    async with state.runs.execute(principal, loaded, inputs, user_id) as run:
-        async for _ in run.events():
-            pass
+    try:
+        async with state.runs.execute(caller.principal, loaded, inputs, user_id) as run:
+            note(request.scope, run_id=run.id)
+            async for _ in run.events():
+                pass
+    finally:
+        slot.release()
     return run
 
 
 def _streaming(
     state: AppState,
-    principal: Principal,
+    caller: Caller,
     loaded: LoadedFlow,
     inputs: dict[str, str],
     user_id: str | None,
+    slot: Slot,
     *,
     legacy: bool,
     delta: bool,
     sse: bool,
-) -> RunStreamResponse:
+) -> Response:
     def start():  # type: ignore[no-untyped-def]
-        return state.runs.execute(principal, loaded, inputs, user_id)
+        return state.runs.execute(caller.principal, loaded, inputs, user_id)
 
     encoder_cls = LegacyEncoder if legacy else EnvelopeEncoder
-    return RunStreamResponse(
-        start,
-        lambda run: encoder_cls(run, delta=delta, sse=sse),
-        sse=sse,
-        keepalive_interval=state.settings.keepalive_interval,
-    )
+    try:
+        stream = RunStreamResponse(
+            start,
+            lambda run: encoder_cls(run, delta=delta, sse=sse),
+            sse=sse,
+            keepalive_interval=state.settings.keepalive_interval,
+            extra_headers=caller.headers,
+        )
+    except BaseException:
+        slot.release()
+        raise
+    return SlotResponse(stream, slot)
 
 
 @router.post(
@@ -93,11 +115,11 @@ async def stream_exported_flow(
     delta: bool = Query(False, description="send only new text per output"),
     version: Version = -1,
 ) -> Response:
-    state, principal, loaded, inputs, user_id = await _prepare(
+    state, caller, loaded, inputs, user_id, slot = await _prepare(
         request, authorization, org, flow_id, version
     )
-    return _streaming(  # type: ignore[return-value]
-        state, principal, loaded, inputs, user_id, legacy=True, delta=delta, sse=True
+    return _streaming(
+        state, caller, loaded, inputs, user_id, slot, legacy=True, delta=delta, sse=True
     )
 
 
@@ -114,10 +136,10 @@ async def run_deployed_flow(
     org: str = ORG,
     version: Version = -1,
 ) -> Response:
-    state, principal, loaded, inputs, user_id = await _prepare(
+    state, caller, loaded, inputs, user_id, slot = await _prepare(
         request, authorization, org, flow_id, version
     )
-    run = await _run_to_end(state, principal, loaded, inputs, user_id)
+    run = await _run_to_end(request, state, caller, loaded, inputs, user_id, slot)
     final = run.final or RunFinished("CANCELLED")
     if final.state != "COMPLETED":
         detail = {
@@ -126,8 +148,10 @@ async def run_deployed_flow(
             "node_id": final.node_id,
             "run_id": run.id,
         }
-        return _json({"detail": detail}, 502)
-    return _json(run.outputs())
+        note(request.scope, status=502)
+        return caller.json({"detail": detail}, 502)
+    note(request.scope, status=200)
+    return caller.json(run.outputs())
 
 
 @router.post(
@@ -138,17 +162,20 @@ async def run_deployed_flow(
 )
 async def run_v0(
     request: Request,
-    org: str,
-    flow_id: str,
+    org: OrgPath,
+    flow_id: FlowPath,
     authorization: AuthHeader = None,
     version: Version = -1,
 ) -> Response:
-    state, principal, loaded, inputs, user_id = await _prepare(
+    state, caller, loaded, inputs, user_id, slot = await _prepare(
         request, authorization, org, flow_id, version
     )
-    run = await _run_to_end(state, principal, loaded, inputs, user_id)
+    run = await _run_to_end(request, state, caller, loaded, inputs, user_id, slot)
     final = run.final or RunFinished("CANCELLED")
-    return _json(envelope(run, run.outputs(), final.state, final.error, metadata(run, final), None))
+    note(request.scope, status=200)
+    return caller.json(
+        envelope(run, run.outputs(), final.state, final.error, metadata(run, final), None)
+    )
 
 
 @router.post(
@@ -161,19 +188,19 @@ async def run_v0(
 )
 async def stream_v0(
     request: Request,
-    org: str,
-    flow_id: str,
+    org: OrgPath,
+    flow_id: FlowPath,
     authorization: AuthHeader = None,
     delta: bool = Query(True, description="each frame carries only new text"),
     sse: bool = Query(False, description="SSE instead of JSON lines"),
     version: Version = -1,
     verbose: bool = Query(False, description="accepted for compatibility"),
 ) -> Response:
-    state, principal, loaded, inputs, user_id = await _prepare(
+    state, caller, loaded, inputs, user_id, slot = await _prepare(
         request, authorization, org, flow_id, version
     )
-    return _streaming(  # type: ignore[return-value]
-        state, principal, loaded, inputs, user_id, legacy=False, delta=delta, sse=sse
+    return _streaming(
+        state, caller, loaded, inputs, user_id, slot, legacy=False, delta=delta, sse=sse
     )
 
 
@@ -184,18 +211,19 @@ async def stream_v0(
 )
 async def run_metadata(
     request: Request,
-    org: str,
-    flow_id: str,
+    org: OrgPath,
+    flow_id: FlowPath,
     run_id: str = Query(min_length=1, max_length=64),
     authorization: AuthHeader = None,
 ) -> Response:
     state: AppState = request.app.state.flowserve
-    principal = await state.authenticate(authorization, org)
-    state.require_private(principal, "read run records")
+    caller = await admit(request, authorization, org)
+    state.require_private(caller.principal, "read run records")
     row = await state.runs.runs.get(org, run_id)
     if row.flow_id != flow_id:
         raise NotFoundError(f"run {run_id!r} not found")
-    return _json(
+    note(request.scope, status=200, run_id=row.id)
+    return caller.json(
         {
             "run_id": row.id,
             "org": row.org_id,

@@ -12,6 +12,7 @@ from flowserve.auth import Principal, parse_bearer
 from flowserve.config import Settings
 from flowserve.errors import AuthError, FlowserveError, ForbiddenError
 from flowserve.flows.spec import LLMNodeSpec
+from flowserve.http.limits import Limits
 from flowserve.providers.base import ProviderEnv
 from flowserve.providers.registry import ProviderRegistry
 from flowserve.providers.resilience import RetryPolicy
@@ -34,6 +35,7 @@ class AppState:
     keys: KeyStore
     flows: FlowService
     runs: RunService
+    limits: Limits
     _key_cache: dict[str, tuple[float, Principal]] = field(default_factory=dict)
 
     @classmethod
@@ -49,8 +51,9 @@ class AppState:
             total_timeout=settings.node_timeout,
         )
         flows = FlowService(FlowStore(db), registry, settings.flow_cache_ttl)
-        runs = RunService(flows, RunStore(db), MemoryStore(db), Runner(registry, policy))
-        return cls(settings, db, registry, KeyStore(db), flows, runs)
+        runner = Runner(registry, policy, settings.run_timeout, settings.run_idle_timeout)
+        runs = RunService(flows, RunStore(db), MemoryStore(db), runner)
+        return cls(settings, db, registry, KeyStore(db), flows, runs, Limits(settings))
 
     async def authenticate(self, header: str | None, org_id: str) -> Principal:
         """The caller's key, which must belong to ``org_id``. Every failure is the same 401,

@@ -119,6 +119,9 @@ class RunStreamResponse(Response):
             message: Any = await receive()
             if message["type"] == "http.disconnect":
                 if self.run is not None:
-                    log.info("client disconnected; cancelling run %s", self.run.id)
+                    run_id = self.run.id
+                    log.info(
+                        "client disconnected; cancelling run %s", run_id, extra={"run_id": run_id}
+                    )
                 scope.cancel()
                 return

@@ -5,6 +5,11 @@ completed, so independent branches run in parallel; an LLM node's tokens are sen
 :class:`NodeDelta` events the moment they arrive. A node failure ends the run: the error names
 the node and the task group cancels everything else (upstream streams included, since each
 provider closes its connection when its task is cancelled).
+
+Time limits (the flow's ``limits:``, else the server's defaults) cost nothing per token: the
+total is one deadline cancel scope around the nodes; the idle limit is a watchdog task that
+wakes a few times per limit and compares a progress count (tokens held by the LLM nodes'
+part lists, plus nodes done) with the last one it saw.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any, Protocol
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
 
-from flowserve.errors import FlowserveError, NodeError
+from flowserve.errors import FlowserveError, NodeError, RunTimeoutError
 from flowserve.events import Event, NodeCompleted, NodeDelta, NodeStarted, RunFinished
 from flowserve.flows.graph import Flow, Node
 from flowserve.flows.spec import LLMNodeSpec
@@ -38,19 +43,31 @@ class Memory(Protocol):
 
 
 class _RunState:
-    __slots__ = ("done", "failure", "usage", "values")
+    __slots__ = ("done", "failure", "parts", "usage", "values")
 
     def __init__(self, flow: Flow, inputs: Mapping[str, str], usage: dict[str, Any]) -> None:
         self.values: dict[str, str] = dict(inputs)
         self.done = {node_id: anyio.Event() for node_id in flow.nodes}
         self.usage = usage
-        self.failure: NodeError | None = None
+        self.failure: NodeError | RunTimeoutError | None = None
+        self.parts: dict[str, list[str]] = {}  # each LLM node's token list, for the watchdog
+
+    def progress(self) -> int:
+        return sum(map(len, self.parts.values())) + sum(e.is_set() for e in self.done.values())
 
 
 class Runner:
-    def __init__(self, registry: ProviderRegistry, policy: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        registry: ProviderRegistry,
+        policy: RetryPolicy | None = None,
+        timeout: float | None = None,
+        idle_timeout: float | None = None,
+    ) -> None:
         self.registry = registry
         self.policy = policy or RetryPolicy()
+        self.timeout = timeout  # defaults for flows that set no ``limits``
+        self.idle_timeout = idle_timeout
 
     @asynccontextmanager
     async def start(
@@ -81,10 +98,20 @@ class Runner:
         memory: Memory | None,
         send: ObjectSendStream[Event],
     ) -> None:
+        limits = flow.spec.limits
+        timeout = limits.timeout if limits and limits.timeout else self.timeout
+        idle = limits.idle_timeout if limits and limits.idle_timeout else self.idle_timeout
         with send:
-            async with anyio.create_task_group() as tg:
-                for node_id in flow.order:
-                    tg.start_soon(self._node, flow.nodes[node_id], state, memory, send, tg)
+            async with anyio.create_task_group() as watch:
+                with anyio.move_on_after(timeout) as deadline:
+                    if idle:
+                        watch.start_soon(self._watch_idle, state, idle, deadline)
+                    async with anyio.create_task_group() as tg:
+                        for node_id in flow.order:
+                            tg.start_soon(self._node, flow.nodes[node_id], state, memory, send, tg)
+                watch.cancel_scope.cancel()
+            if deadline.cancelled_caught and state.failure is None:
+                state.failure = RunTimeoutError(f"run exceeded its time limit of {timeout:g}s")
             if state.failure is not None:
                 err = state.failure
                 final = RunFinished(
@@ -93,6 +120,21 @@ class Runner:
             else:
                 final = RunFinished("COMPLETED", usage=state.usage)
             send.send_nowait(final)
+
+    @staticmethod
+    async def _watch_idle(state: _RunState, idle: float, scope: anyio.CancelScope) -> None:
+        interval = min(1.0, idle / 10)
+        seen, quiet_since = state.progress(), anyio.current_time()
+        while True:
+            await anyio.sleep(interval)
+            progress, now = state.progress(), anyio.current_time()
+            if progress != seen:
+                seen, quiet_since = progress, now
+            elif now - quiet_since >= idle:
+                if state.failure is None:
+                    state.failure = RunTimeoutError(f"no output for {idle:g}s")
+                scope.cancel()
+                return
 
     async def _node(
         self,
@@ -158,6 +200,7 @@ class Runner:
         )
         parts: list[str] = []
         node_id = node.id
+        state.parts[node_id] = parts
         stream = resilient_stream(provider, request, self.policy)
         try:
             async for chunk in stream:

@@ -110,6 +110,8 @@ class Run:
         self.final: RunFinished | None = None
         self.usage: dict[str, Any] = {}
         self.first_token_at: Any = None
+        self.key_id: str | None = None  # the API key that started it (may stop it)
+        self.recorded: anyio.Event | None = None  # set once the outcome is in the store
         self._stream: ObjectReceiveStream[Event] | None = None
 
     def output_text(self, out_id: str) -> str:
@@ -159,6 +161,10 @@ class RunService:
         self.memory = memory
         self.runner = runner
         self.active: dict[str, anyio.CancelScope] = {}
+        # The same runs, for ownership checks before stop(). In-process only: with several
+        # processes (PostgreSQL + Redis) a stop request must reach the process running the
+        # run, e.g. over Redis pub/sub; not done yet.
+        self.running: dict[str, Run] = {}
 
     @asynccontextmanager
     async def execute(
@@ -169,6 +175,8 @@ class RunService:
         user_id: str | None = None,
     ) -> AsyncIterator[Run]:
         run = Run(uuid.uuid4().hex, loaded, inputs, user_id)
+        run.key_id = principal.key_id
+        run.recorded = anyio.Event()
         queued_at = utcnow()
         memory = None
         if user_id:
@@ -193,6 +201,7 @@ class RunService:
                 tg.start_soon(self._insert, record)
                 with anyio.CancelScope() as scope:  # cancelled by stop()
                     self.active[run.id] = scope
+                    self.running[run.id] = run
                     try:
                         async with self.runner.start(
                             loaded.flow, inputs, memory, run.usage
@@ -201,9 +210,11 @@ class RunService:
                             yield run
                     finally:
                         self.active.pop(run.id, None)
+                        self.running.pop(run.id, None)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._record(run)
+            run.recorded.set()
             run_id_var.reset(token)
 
     def stop(self, run_id: str) -> bool:

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from flowserve.auth import NewKey, Principal, new_key, secret_matches
+from flowserve.auth import NewKey, Principal, check_secret, new_key
 from flowserve.errors import AuthError, NotFoundError
 from flowserve.store.database import Database, utcnow
 from flowserve.store.models import ApiKey, Org
@@ -22,6 +22,7 @@ class KeyInfo:
     created_at: datetime
     revoked: bool
     allowed_origins: tuple[str, ...]
+    rate_limit_per_minute: int | None = None
 
 
 class KeyStore:
@@ -38,7 +39,12 @@ class KeyStore:
             return await s.get(Org, org_id) is not None
 
     async def create_key(
-        self, org_id: str, kind: str, name: str = "", allowed_origins: list[str] | None = None
+        self,
+        org_id: str,
+        kind: str,
+        name: str = "",
+        allowed_origins: list[str] | None = None,
+        rate_limit_per_minute: int | None = None,
     ) -> NewKey:
         key = new_key(kind)
         async with self.db.session() as s:
@@ -54,6 +60,7 @@ class KeyStore:
                     secret_hash=key.secret_hash,
                     created_at=utcnow(),
                     allowed_origins=list(allowed_origins or []),
+                    rate_limit_per_minute=rate_limit_per_minute,
                 )
             )
         return key
@@ -73,6 +80,7 @@ class KeyStore:
                 r.created_at,
                 r.revoked_at is not None,
                 tuple(r.allowed_origins or ()),
+                r.rate_limit_per_minute,
             )
             for r in rows
         ]
@@ -88,9 +96,11 @@ class KeyStore:
     async def verify(self, key_id: str, secret: str) -> Principal:
         async with self.db.session() as s:
             row = await s.get(ApiKey, key_id)
-        if row is None or row.revoked_at is not None:
-            raise AuthError("invalid API key")
-        if not secret_matches(row.salt, secret, row.secret_hash):
+        # Hash and compare whatever happens (a dummy hash for an unknown id): same work, same
+        # answer, for an unknown, revoked or wrong key.
+        salt, stored = (row.salt, row.secret_hash) if row is not None else (None, None)
+        matches = check_secret(salt, stored, secret)
+        if row is None or row.revoked_at is not None or not matches:
             raise AuthError("invalid API key")
         return Principal(
             org_id=row.org_id,
