@@ -1,0 +1,286 @@
+"""The relay results as markdown: targets (PASS/MISS), then one table per phase, then the
+profile's top entries. Every figure is beside its ratio to the direct baseline or LiteLLM
+measured in the same run."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from _report import check, f, ratio, table
+
+FS = ("fs-legacy", "fs-v0")
+MB_IN_MIB = 1e6 / 2**20  # 100 MB = 95.4 MiB
+
+
+def _get(d: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(d, dict) or key not in d:
+            return math.nan
+        d = d[key]
+    return d
+
+
+def _added(rows: dict[str, Any], name: str, metric: str, q: str) -> float:
+    return _get(rows, name, metric, q) - _get(rows, "direct", metric, q)
+
+
+def targets(out: dict[str, Any]) -> list[dict[str, Any]]:
+    checks = []
+    ttft, paced = out.get("ttft_c1", {}), out.get("paced", {})
+    sat, opened, servers = out.get("saturation", {}), out.get("open_streams", {}), out["servers"]
+    for name in FS:
+        if name not in ttft:
+            continue
+        checks += [
+            check(f"{name}: added TTFT c=1 p50", _added(ttft, name, "ttft_ms", "p50"), 1, "ms"),
+            check(f"{name}: added TTFT c=1 p99", _added(ttft, name, "ttft_ms", "p99"), 3, "ms"),
+        ]
+        for c, limit in (("1", 0.2), ("100", 2.0)):
+            if c in paced:
+                value = _added(paced[c], name, "token_delay_ms", "p99")
+                checks.append(check(f"{name}: added per-token delay c={c} p99", value, limit, "ms"))
+        if name in sat:
+            x = ratio(_get(sat, name, "tokens_per_s"), _get(sat, "litellm", "tokens_per_s"))
+            checks.append(check(f"{name}: saturation tokens/s vs LiteLLM", x, 10, "x", True))
+            cpu = _get(sat, name, "server_cpu_s_per_1k_tokens")
+            checks.append(check(f"{name}: CPU per 1,000 tokens", cpu, 0.1, "s"))
+    if "fs-legacy" in opened:
+        row = opened["fs-legacy"]
+        checks.append(
+            check(
+                f"RSS per open stream ({row['requested']:,} held)",
+                row["rss_per_stream_kib"],
+                20,
+                "KiB",
+            )
+        )
+    fs = servers.get("flowserve", {})
+    if fs:
+        checks.append(check("idle RSS, MB (10^6 B)", fs["idle_rss_mib"] / MB_IN_MIB, 100, "MB"))
+        checks.append(check("start to first request served", fs["start_to_first_served_s"], 2, "s"))
+    return checks
+
+
+def _latency_rows(rows: dict[str, Any], with_delay: bool) -> list[list[Any]]:
+    out = []
+    for name, row in rows.items():
+        t, d = row["ttft_ms"], row["token_delay_ms"]
+        line = [
+            name,
+            f"{row['completed']}/{row['streams']}",
+            t["p50"],
+            t["p99"],
+            "-" if name == "direct" else _added(rows, name, "ttft_ms", "p50"),
+            "-" if name == "direct" else _added(rows, name, "ttft_ms", "p99"),
+            f"{f(ratio(t['p50'], _get(rows, 'direct', 'ttft_ms', 'p50')), 1)}x",
+        ]
+        if with_delay:
+            line += [
+                d["p50"],
+                d["p99"],
+                "-" if name == "direct" else _added(rows, name, "token_delay_ms", "p50"),
+                "-" if name == "direct" else _added(rows, name, "token_delay_ms", "p99"),
+                row["streams_per_s"],
+                row["tokens_per_s"],
+            ]
+        out.append(line)
+    return out
+
+
+def render(out: dict[str, Any]) -> str:
+    m, cfg = out["machine"], out["config"]
+    parts = [
+        "## Relay overhead (`bench/relay.py`)",
+        "",
+        f"Run {m['date']}{' (--quick)' if cfg['quick'] else ''} on {m['nproc']} cores "
+        f"({m['cpu_model']}), {m['ram_gib']} GiB RAM, Linux {m['kernel']}, Python "
+        f"{out['python']}; total {f(out.get('total_seconds', math.nan), 0)} s. Upstream: "
+        f"bench/fake_upstream.py, {cfg['tokens']} tokens per response. Client: "
+        f"{cfg['client']}. Reproduce: `.venv/bin/python bench/relay.py`.",
+        "",
+        "### Targets",
+        "",
+        table(
+            ["target", "measured", "limit", ""],
+            [[c["target"], c["value"], c["limit"], f"**{c['verdict']}**"] for c in targets(out)],
+        ),
+    ]
+
+    servers = out["servers"]
+    if servers:
+        rows = []
+        for name, s in servers.items():
+            held = out.get("open_streams", {}).get("fs-legacy" if name == "flowserve" else name, {})
+            rows.append(
+                [
+                    f"{name} {s.get('version', '')}".strip(),
+                    s["start_to_first_served_s"],
+                    s["idle_rss_mib"],
+                    s.get("peak_rss_mib", math.nan),
+                    f"{held.get('with_first_token', '-')}/{held.get('requested', '-')}",
+                    held.get("rss_per_stream_kib", math.nan),
+                    held.get("seconds_to_open", math.nan),
+                ]
+            )
+        parts += [
+            "",
+            "### Start-up and memory",
+            "",
+            table(
+                [
+                    "server",
+                    "start → first request served (s)",
+                    "idle RSS (MiB)",
+                    "peak RSS (MiB)",
+                    "held streams (first token / opened)",
+                    "RSS per open stream (KiB)",
+                    "time to open (s)",
+                ],
+                rows,
+            ),
+        ]
+        fs, ll = (
+            out.get("open_streams", {}).get("fs-legacy"),
+            out.get("open_streams", {}).get("litellm"),
+        )
+        if fs and ll:
+            x = ratio(fs["rss_per_stream_kib"], ll["rss_per_stream_kib"])
+            parts.append(f"\nRSS per open stream, flowserve / LiteLLM: {f(x)}x.")
+
+    if out.get("ttft_c1"):
+        parts += [
+            "",
+            "### Time to first token, c=1 (upstream gap 0)",
+            "",
+            table(
+                ["target", "ok", "p50 ms", "p99 ms", "added p50", "added p99", "p50 x direct"],
+                _latency_rows(out["ttft_c1"], with_delay=False),
+            ),
+        ]
+
+    paced = {k: v for k, v in out.get("paced", {}).items() if k.isdigit()}
+    if paced:
+        parts += [
+            "",
+            f"### Paced streams ({cfg['tokens']} tokens, {f(cfg['gap_ms'], 0)} ms apart)",
+            "",
+            "Per-token delay: (arrival of token i - arrival of token 0) - i x gap, at the "
+            'client. "added" = target percentile - direct percentile, same run, same client.',
+        ]
+        for c, rows in paced.items():
+            parts += [
+                "",
+                f"**c = {c}**",
+                "",
+                table(
+                    [
+                        "target",
+                        "ok",
+                        "TTFT p50",
+                        "TTFT p99",
+                        "added p50",
+                        "added p99",
+                        "TTFT x direct",
+                        "delay p50",
+                        "delay p99",
+                        "added p50",
+                        "added p99",
+                        "streams/s",
+                        "tokens/s",
+                    ],
+                    _latency_rows(rows, with_delay=True),
+                ),
+            ]
+
+    sat = out.get("saturation", {})
+    if sat:
+        rows = []
+        ll_tok, ll_cpu = (
+            _get(sat, "litellm", "tokens_per_s"),
+            _get(sat, "litellm", "server_cpu_s_per_1k_tokens"),
+        )
+        for name, row in sat.items():
+            rows.append(
+                [
+                    name,
+                    f"{row['completed']}/{row['streams']}",
+                    row["streams_per_s"],
+                    row["tokens_per_s"],
+                    f"{f(ratio(row['tokens_per_s'], ll_tok), 1)}x",
+                    row["ttft_ms"]["p50"],
+                    row["server_cpu_s_per_1k_tokens"],
+                    f"{f(ratio(row['server_cpu_s_per_1k_tokens'], ll_cpu))}x",
+                    f"{100 * row['server_cpu_util']:.0f}%",
+                    f"{100 * row['client_cpu_util']:.0f}%",
+                    row["peak_rss_mib"],
+                ]
+            )
+        c = next(iter(sat.values()))["concurrency"]
+        parts += [
+            "",
+            f"### Saturation (upstream gap 0, closed loop, c={c}, lean client in one process)",
+            "",
+            "Server CPU: user+system of the server's process tree (/proc/<pid>/stat) over the "
+            "measured slices; for `direct` the server is the fake upstream itself. A client "
+            "near 100% means that row is client-bound (only `direct` should be).",
+            "",
+            table(
+                [
+                    "target",
+                    "ok",
+                    "streams/s",
+                    "tokens/s",
+                    "x LiteLLM",
+                    "TTFT p50 ms",
+                    "server CPU s / 1k tokens",
+                    "x LiteLLM",
+                    "server CPU",
+                    "client CPU",
+                    "peak RSS MiB",
+                ],
+                rows,
+            ),
+        ]
+
+    profile = {k: v for k, v in out.get("profile", {}).items() if isinstance(v, dict)}
+    for name, prof in profile.items():
+        main, every = prof["main"], prof["all"]
+        parts += [
+            "",
+            f"### Profile: flowserve, {name} at saturation (py-spy, `{prof['file']}`)",
+            "",
+            f"Samples on CPU: {every['samples']} in all threads, {main['samples']} in the event "
+            "loop (MainThread). Share of on-CPU samples by thread group: "
+            + ", ".join(
+                f"{t['group']} ({t['threads']} thread{'s' if t['threads'] > 1 else ''}) "
+                f"{t['pct']:.0f}%"
+                for t in prof["threads"]
+            )
+            + ".",
+            "",
+            "Event loop, own time (function at the top of the stack), % of its on-CPU samples:",
+            "",
+            table(["%", "function"], [[p["pct"], f"`{p['function']}`"] for p in main["own"][:20]]),
+            "",
+            "<details><summary>Event loop, inclusive time, top 25</summary>",
+            "",
+            table(
+                ["%", "function"],
+                [[p["pct"], f"`{p['function']}`"] for p in main["inclusive"][:25]],
+            ),
+            "",
+            "</details>",
+            "",
+            "<details><summary>All threads, own time, top 10</summary>",
+            "",
+            table(["%", "function"], [[p["pct"], f"`{p['function']}`"] for p in every["own"][:10]]),
+            "",
+            "</details>",
+        ]
+    if out.get("profile", {}).get("svg"):
+        parts += ["", f"Flame graph: `{out['profile']['svg']}` (not committed; re-run to get it)."]
+
+    if out.get("notes"):
+        parts += ["", "### Notes", ""] + [f"- {n}" for n in out["notes"]]
+    return "\n".join(parts)
