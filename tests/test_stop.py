@@ -110,7 +110,7 @@ outputs: {out-0: llm-0}
     thread.join(10)
     body = result["response"].json()
     assert body["run_id"] == run_id and body["state"] == "CANCELLED"
-    assert body["error"] == "run stopped"
+    assert body["metadata"]["error_type"] == "cancelled"
     assert 0 < len(body["outputs"]["out-0"]) < len(" ".join(["word"] * 50))
 
 
