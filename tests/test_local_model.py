@@ -78,3 +78,13 @@ async def test_cancel_stops_generation_within_one_token(provider):
     assert received <= req.usage.completion_tokens <= received + 1
     # The context is free again at once: the next request is served normally.
     assert "Paris" in await answer(provider, request("What is the capital of France?"))
+
+
+async def test_any_gguf_file_can_be_named_by_path(provider, tmp_path):
+    copy = tmp_path / "my-model.gguf"
+    copy.symlink_to(bundled_model_path())
+    assert provider.check_model(str(copy)) is None
+    assert "not-a-model" in (provider.check_model(str(tmp_path / "not-a-model.gguf")) or "")
+    req = request("What is the capital of France?")
+    req.model = str(copy)
+    assert "Paris" in await answer(provider, req)
