@@ -12,7 +12,11 @@ Non-obvious choices:
   EOF, or ``[DONE]`` alone) raises :class:`ProviderTruncatedError`. Servers that put the
   ``finish_reason`` on the last text chunk (vLLM), send ``content: null`` (llama.cpp), repeat
   ``role`` on every chunk (Ollama), add unknown fields, or end after the usage chunk without
-  ``[DONE]`` all work; chunks are read defensively because the SDK builds them unvalidated.
+  ``[DONE]`` all work; chunks are read defensively (any field may be missing or null).
+* The body is read raw (``with_streaming_response``) and parsed with orjson by
+  :mod:`flowserve.providers._sse`: the SDK still builds, signs and sends the request and maps
+  HTTP errors, but its per-chunk model objects cost more than everything else flowserve does
+  per token (bench/RESULTS.md has the profile).
 * ``max_tokens`` maps to ``max_completion_tokens`` for OpenAI (newer models reject
   ``max_tokens``) and to ``max_tokens`` for compatible servers (which may not know the other).
 * The SDK's own retries are off (``max_retries=0``): retrying belongs to
@@ -29,6 +33,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
+import orjson
 from pydantic import Field, ValidationError
 
 from flowserve.errors import (
@@ -39,6 +44,7 @@ from flowserve.errors import (
     ProviderUpstreamError,
 )
 from flowserve.providers import _upstream
+from flowserve.providers._sse import sse_data
 from flowserve.providers.base import LLMRequest, NodeOptions, Provider, ProviderEnv
 
 if TYPE_CHECKING:
@@ -130,28 +136,49 @@ class OpenAIProvider(Provider):
         client = self._client(self._base_url(request), api_key)
         params = self._params(request)
         finished = False
+        usage = request.usage
         with self._map_errors(api_key) as state:
-            upstream = await client.chat.completions.create(**params)
+            # The SDK builds, authenticates and sends the request and maps HTTP errors; the
+            # body is read raw and parsed with orjson, because the SDK's per-chunk pydantic
+            # objects were the largest cost in the relay profile (bench/RESULTS.md).
+            manager = client.chat.completions.with_streaming_response.create(**params)
+            response = await manager.__aenter__()
             state["connected"] = True
             try:
-                async for chunk in upstream:
-                    usage = getattr(chunk, "usage", None)
-                    if usage is not None:
-                        request.usage.prompt_tokens = getattr(usage, "prompt_tokens", None)
-                        request.usage.completion_tokens = getattr(usage, "completion_tokens", None)
-                    for choice in getattr(chunk, "choices", None) or ():
-                        if getattr(choice, "index", 0) not in (0, None):
+                async for data in sse_data(response.iter_bytes()):
+                    if data.startswith(b"[DONE]"):
+                        break
+                    chunk = orjson.loads(data)
+                    if type(chunk) is not dict:
+                        continue
+                    if chunk.get("error"):
+                        raise self._stream_error(chunk["error"], api_key)
+                    if (counts := chunk.get("usage")) and type(counts) is dict:
+                        usage.prompt_tokens = counts.get("prompt_tokens")
+                        usage.completion_tokens = counts.get("completion_tokens")
+                    for choice in chunk.get("choices") or ():
+                        if type(choice) is not dict or choice.get("index", 0) not in (0, None):
                             continue  # n > 1 is never requested; ignore stray choices
-                        text = getattr(getattr(choice, "delta", None), "content", None)
-                        if text:
+                        delta = choice.get("delta")
+                        text = delta.get("content") if type(delta) is dict else None
+                        if text and type(text) is str:
                             yield text
-                        if getattr(choice, "finish_reason", None):
+                        if choice.get("finish_reason"):
                             finished = True
             finally:
                 with anyio.move_on_after(_CLOSE_GRACE, shield=True):
-                    await upstream.close()
+                    await manager.__aexit__(None, None, None)
         if not finished:
             raise ProviderTruncatedError(_upstream.TRUNCATED, provider=self.name)
+
+    def _stream_error(self, error: Any, api_key: str) -> ProviderError:
+        """``data: {"error": {...}}`` inside a 200 stream (OpenAI, vLLM, llama.cpp)."""
+        message = error.get("message") if isinstance(error, dict) else error
+        text = message if isinstance(message, str) else ""
+        return ProviderUpstreamError(
+            _upstream.clean_message(text, api_key) or "upstream stream failed",
+            provider=self.name,
+        )
 
     @contextmanager
     def _map_errors(self, api_key: str) -> Iterator[dict[str, bool]]:
@@ -179,7 +206,7 @@ class OpenAIProvider(Provider):
             raise ProviderTimeoutError("upstream timed out", provider=self.name) from exc
         except _upstream.transport_errors() as exc:
             raise ProviderUpstreamError(_upstream.CONNECTION_LOST, provider=self.name) from exc
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, orjson.JSONDecodeError) as exc:
             raise ProviderUpstreamError("upstream sent malformed data", provider=self.name) from exc
 
     def _status_error(self, exc: APIStatusError, api_key: str) -> ProviderError:
