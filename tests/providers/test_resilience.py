@@ -19,7 +19,7 @@ from flowserve.errors import (
 )
 from flowserve.providers.base import LLMRequest, Provider, ProviderEnv
 from flowserve.providers.openai import OpenAIProvider
-from flowserve.providers.resilience import RetryPolicy, resilient_stream
+from flowserve.providers.resilience import RetryPolicy, resilient_stream, total_time_limit
 
 pytestmark = pytest.mark.anyio
 
@@ -167,11 +167,15 @@ async def test_stream_not_complete_in_time() -> None:
     provider = Scripted(["a", 0.05, "b", 10.0, "c"])
     seen: list[str] = []
 
+    policy = RetryPolicy(total_timeout=0.3)
     with pytest.raises(ProviderTimeoutError) as caught:
-        async for chunk in resilient_stream(
-            provider, make_request(), RetryPolicy(total_timeout=0.3)
-        ):
-            seen.append(chunk)
+        stream = resilient_stream(provider, make_request(), policy)
+        try:
+            with total_time_limit(policy, provider.name):
+                async for chunk in stream:
+                    seen.append(chunk)
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
 
     assert seen == ["a", "b"]
     assert caught.value.message == "stream did not complete within 0.3s"

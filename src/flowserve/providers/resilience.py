@@ -7,12 +7,13 @@ error class: rate limits, overload, upstream 5xx and dropped connections) is ret
 exponential back-off otherwise; after the first token nothing is retried, because the user
 would see the text twice.
 
-Time limits are absolute deadlines fixed when the call starts: the first token must arrive
-within ``ttft_timeout`` (retries and their waits included) and the stream must finish within
-``total_timeout``. They are enforced by a cancel scope around each wait for the provider, never
-around a ``yield``: a cancel scope that stays open while an async generator is suspended would
-fire inside the consumer's code (PEP 789). The scope carries the precomputed deadline, so the
-cost per chunk is one timer handle, not a clock read and a new timeout.
+Time limits: the first token must arrive within ``ttft_timeout`` of the call (retries and
+their waits included), enforced here by a cancel scope around the wait for the first chunk
+only. The whole stream must finish within ``total_timeout``, enforced by the *consumer* with
+:func:`total_time_limit`, one scope around its whole loop. Neither is a scope around a
+``yield`` (a cancel scope left open while an async generator is suspended fires inside the
+consumer's code, PEP 789), and nothing is paid per chunk: once the first chunk is in, chunks
+pass straight through.
 
 The provider's iterator is always closed (``aclose``), shielded from cancellation, when this
 generator finishes, fails, is closed or is cancelled; that is what stops upstream generation.
@@ -23,7 +24,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import anyio
@@ -80,19 +82,24 @@ async def resilient_stream(
             if first is None:
                 return
             yield first
-            while True:
-                try:
-                    chunk = await _next(chunks, total_deadline)
-                except _Expired:
-                    raise _timeout(policy, first_token=False, provider=name) from None
-                if chunk is None:
-                    return
+            async for chunk in chunks:
                 yield chunk
+            return
         finally:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 with anyio.move_on_after(_CLOSE_GRACE, shield=True):
                     await aclose()
+
+
+@contextmanager
+def total_time_limit(policy: RetryPolicy, provider: str | None) -> Iterator[None]:
+    """Wrap the consumer's whole loop over :func:`resilient_stream`: one deadline scope, in the
+    consumer's own frame, raising ProviderTimeoutError when ``total_timeout`` passes."""
+    with anyio.CancelScope(deadline=anyio.current_time() + policy.total_timeout) as scope:
+        yield
+    if scope.cancelled_caught:
+        raise _timeout(policy, first_token=False, provider=provider)
 
 
 class _Expired(Exception):

@@ -29,7 +29,7 @@ from flowserve.flows.graph import Flow, Node
 from flowserve.flows.spec import LLMNodeSpec
 from flowserve.providers.base import LLMRequest, Message
 from flowserve.providers.registry import ProviderRegistry
-from flowserve.providers.resilience import RetryPolicy, resilient_stream
+from flowserve.providers.resilience import RetryPolicy, resilient_stream, total_time_limit
 
 log = logging.getLogger("flowserve.runner")
 
@@ -203,9 +203,10 @@ class Runner:
         state.parts[node_id] = parts
         stream = resilient_stream(provider, request, self.policy)
         try:
-            async for chunk in stream:
-                parts.append(chunk)
-                send.send_nowait(NodeDelta(node_id, chunk))
+            with total_time_limit(self.policy, provider.name):
+                async for chunk in stream:
+                    parts.append(chunk)
+                    send.send_nowait(NodeDelta(node_id, chunk))
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
             state.usage[node_id] = request.usage.as_dict()  # partial when cancelled
