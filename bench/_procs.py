@@ -135,6 +135,26 @@ def memory_kib(pid: int, key: str = "VmRSS", with_children: bool = True) -> int:
     return total
 
 
+def git_state(root: Path) -> dict[str, object]:
+    """Which flowserve was measured: commit, and how many files under src/ differ from it."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return out.stdout.strip()
+
+    dirty = [line for line in git("status", "--porcelain", "--", "src").splitlines() if line]
+    return {
+        "commit": git("rev-parse", "--short", "HEAD") or "unknown",
+        "src_dirty_files": len(dirty),
+    }
+
+
 def machine() -> dict[str, object]:
     model = "unknown"
     with contextlib.suppress(OSError):
@@ -162,8 +182,9 @@ def machine_busy_seconds() -> float:
 
 
 def ours_seconds() -> float:
-    """CPU-seconds of this process and every live child started through :func:`spawn`."""
-    mine = sum(os.times()[:2])
+    """CPU-seconds of this process, of its children already reaped (servers stopped, py-spy,
+    pip), and of every live child started through :func:`spawn`."""
+    mine = sum(os.times()[:4])
     return mine + sum(cpu_seconds(p.pid) for p in _children if p.poll() is None)
 
 

@@ -44,11 +44,28 @@ def finish(process: subprocess.Popen[bytes] | None, timeout: float) -> bool:
 
 
 _SITE = re.compile(r".*/(site-packages|lib/python3\.\d+)/")
+# Frames every sample of the event loop passes through on its way to the loop.
+_BOOTSTRAP = re.compile(
+    r"^(<frozen runpy>|typer/|click/|flowserve/__main__|flowserve/cli/|uvicorn/main\.py"
+    r"|uvicorn/server\.py|uvicorn/_compat\.py|asyncio/runners\.py|asyncio/base_events\.py)"
+)
+NATIVE = "(native, below the event loop: uvloop I/O, httptools, C extensions)"
 
 
 def _short(path: str) -> str:
     path = _SITE.sub("", path)
     return re.sub(r".*/src/flowserve/", "flowserve/", path)
+
+
+def _package(path: str) -> str:
+    if "/site-packages/" in path:
+        return path.split("/site-packages/", 1)[1].split("/", 1)[0]
+    if "/src/flowserve/" in path:
+        return "flowserve"
+    match = re.search(r"/lib/python3\.\d+/([^/]+)", path)
+    if match:
+        return "stdlib " + match.group(1).removesuffix(".py")
+    return path.strip("<>").split(" ")[0] or "?"
 
 
 def _thread_group(profile_name: str) -> str:
@@ -60,38 +77,76 @@ def _thread_group(profile_name: str) -> str:
 
 
 def top(speedscope: Path, n: int = 25) -> dict[str, Any]:
-    """Own-time and inclusive-time shares per function (of the event-loop thread, and of all
-    threads), and each thread group's share of the on-CPU samples."""
+    """What the event loop spends its CPU on, and what the other threads do.
+
+    For the event-loop thread: own time by package; own time per function, with its most
+    frequent caller and the innermost flowserve frame above it (where to act); inclusive
+    time of flowserve's own functions. A sample whose innermost Python frame is the loop's
+    ``Runner.run`` was in native code under the loop (``NATIVE``)."""
     data = json.loads(speedscope.read_text())
     frames = data["shared"]["frames"]
+    short = [_short(f.get("file") or "?") for f in frames]
 
     def name(i: int) -> str:
+        if i < 0:
+            return "-"
         frame = frames[i]
-        where = _short(frame.get("file") or "?")
         line = frame.get("line")
-        return f"{frame['name']} ({where}{':' + str(line) if line else ''})"
+        return f"{frame['name']} ({short[i]}{':' + str(line) if line else ''})"
 
-    def tally(profiles: list[dict[str, Any]]) -> dict[str, Any]:
-        own: dict[int, int] = {}
-        incl: dict[int, int] = {}
-        total = 0
-        for profile in profiles:
-            for stack in profile["samples"]:
-                if not stack:
-                    continue
-                total += 1
-                own[stack[-1]] = own.get(stack[-1], 0) + 1
-                for frame in set(stack):
-                    incl[frame] = incl.get(frame, 0) + 1
-
-        def ranked(table: dict[int, int]) -> list[dict[str, Any]]:
-            best = sorted(table.items(), key=lambda kv: -kv[1])[:n]
-            return [{"function": name(i), "pct": 100 * w / total} for i, w in best]
-
-        return {"samples": total, "own": ranked(own), "inclusive": ranked(incl)}
+    def is_native_marker(i: int) -> bool:
+        return short[i].startswith("asyncio/runners.py")
 
     profiles = data["profiles"]
     main = [p for p in profiles if '"MainThread"' in p.get("name", "")]
+    samples = [stack for p in main for stack in p["samples"] if stack]
+    total = len(samples) or 1
+    own: dict[int, int] = {}
+    callers: dict[int, dict[int, int]] = {}
+    ours: dict[int, dict[int, int]] = {}
+    packages: dict[str, int] = {}
+    incl_fs: dict[int, int] = {}
+    for stack in samples:
+        leaf = stack[-1]
+        own[leaf] = own.get(leaf, 0) + 1
+        caller = stack[-2] if len(stack) > 1 else -1
+        callers.setdefault(leaf, {})[caller] = callers.get(leaf, {}).get(caller, 0) + 1
+        mine = next(
+            (
+                i
+                for i in reversed(stack)
+                if short[i].startswith("flowserve/") and not _BOOTSTRAP.match(short[i])
+            ),
+            -1,
+        )
+        ours.setdefault(leaf, {})[mine] = ours.get(leaf, {}).get(mine, 0) + 1
+        package = NATIVE if is_native_marker(leaf) else _package(frames[leaf].get("file") or "?")
+        packages[package] = packages.get(package, 0) + 1
+        for i in set(stack):
+            if short[i].startswith("flowserve/") and not _BOOTSTRAP.match(short[i]):
+                incl_fs[i] = incl_fs.get(i, 0) + 1
+
+    def most(counts: dict[int, int]) -> int:
+        return max(counts.items(), key=lambda kv: kv[1])[0]
+
+    own_rows = [
+        {
+            "function": NATIVE if is_native_marker(i) else name(i),
+            "pct": 100 * w / total,
+            "caller": name(most(callers[i])),
+            "flowserve_frame": name(most(ours[i])),
+        }
+        for i, w in sorted(own.items(), key=lambda kv: -kv[1])[:n]
+    ]
+    by_package = [
+        {"package": k, "pct": 100 * v / total}
+        for k, v in sorted(packages.items(), key=lambda kv: -kv[1])
+    ]
+    flowserve_incl = [
+        {"function": name(i), "pct": 100 * w / total}
+        for i, w in sorted(incl_fs.items(), key=lambda kv: -kv[1])[:n]
+    ]
+
     groups: dict[str, dict[str, int]] = {}
     for profile in profiles:
         group = groups.setdefault(_thread_group(profile.get("name", "?")), {"threads": 0, "n": 0})
@@ -102,4 +157,11 @@ def top(speedscope: Path, n: int = 25) -> dict[str, Any]:
         {"group": k, "threads": g["threads"], "samples": g["n"], "pct": 100 * g["n"] / every}
         for k, g in sorted(groups.items(), key=lambda kv: -kv[1]["n"])
     ]
-    return {"main": tally(main), "all": tally(profiles), "threads": threads}
+    return {
+        "main_samples": len(samples),
+        "all_samples": every,
+        "threads": threads,
+        "by_package": by_package,
+        "own": own_rows,
+        "flowserve_inclusive": flowserve_incl,
+    }

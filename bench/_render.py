@@ -89,13 +89,20 @@ def _latency_rows(rows: dict[str, Any], with_delay: bool) -> list[list[Any]]:
 
 
 def render(out: dict[str, Any]) -> str:
-    m, cfg = out["machine"], out["config"]
+    m, cfg, fs_git = out["machine"], out["config"], out.get("flowserve", {})
     parts = [
         "## Relay overhead (`bench/relay.py`)",
         "",
         f"Run {m['date']}{' (--quick)' if cfg['quick'] else ''} on {m['nproc']} cores "
         f"({m['cpu_model']}), {m['ram_gib']} GiB RAM, Linux {m['kernel']}, Python "
-        f"{out['python']}; total {f(out.get('total_seconds', math.nan), 0)} s. Upstream: "
+        f"{out['python']}; total {f(out.get('total_seconds', math.nan), 0)} s. flowserve at "
+        f"commit {fs_git.get('commit')}"
+        + (
+            f" plus {fs_git['src_dirty_files']} uncommitted file(s) under src/"
+            if fs_git.get("src_dirty_files")
+            else ""
+        )
+        + ". Upstream: "
         f"bench/fake_upstream.py, {cfg['tokens']} tokens per response. Client: "
         f"{cfg['client']}. Reproduce: `.venv/bin/python bench/relay.py`.",
         "",
@@ -151,7 +158,7 @@ def render(out: dict[str, Any]) -> str:
     if out.get("ttft_c1"):
         parts += [
             "",
-            "### Time to first token, c=1 (upstream gap 0)",
+            "### Time to first token, c=1 (3-token responses, 10 ms apart)",
             "",
             table(
                 ["target", "ok", "p50 ms", "p99 ms", "added p50", "added p99", "p50 x direct"],
@@ -245,38 +252,47 @@ def render(out: dict[str, Any]) -> str:
 
     profile = {k: v for k, v in out.get("profile", {}).items() if isinstance(v, dict)}
     for name, prof in profile.items():
-        main, every = prof["main"], prof["all"]
+        threads = ", ".join(
+            f"{t['group']} ({t['threads']} thread{'s' if t['threads'] > 1 else ''}) {t['pct']:.0f}%"
+            for t in prof["threads"]
+        )
         parts += [
             "",
             f"### Profile: flowserve, {name} at saturation (py-spy, `{prof['file']}`)",
             "",
-            f"Samples on CPU: {every['samples']} in all threads, {main['samples']} in the event "
-            "loop (MainThread). Share of on-CPU samples by thread group: "
-            + ", ".join(
-                f"{t['group']} ({t['threads']} thread{'s' if t['threads'] > 1 else ''}) "
-                f"{t['pct']:.0f}%"
-                for t in prof["threads"]
-            )
-            + ".",
+            f"On-CPU samples: {prof['all_samples']} in all threads, {prof['main_samples']} in "
+            f"the event loop. By thread: {threads}. The tables below are the event loop's "
+            "(MainThread's) samples.",
             "",
-            "Event loop, own time (function at the top of the stack), % of its on-CPU samples:",
+            "Own time by package:",
             "",
-            table(["%", "function"], [[p["pct"], f"`{p['function']}`"] for p in main["own"][:20]]),
+            table(
+                ["%", "package"],
+                [[p["pct"], p["package"]] for p in prof["by_package"] if p["pct"] >= 0.5],
+            ),
             "",
-            "<details><summary>Event loop, inclusive time, top 25</summary>",
+            "Top functions by own time, each with its most frequent caller and the innermost "
+            "flowserve frame above it:",
+            "",
+            table(
+                ["%", "function", "called from", "flowserve frame"],
+                [
+                    [
+                        p["pct"],
+                        f"`{p['function']}`",
+                        f"`{p['caller']}`",
+                        f"`{p['flowserve_frame']}`",
+                    ]
+                    for p in prof["own"][:20]
+                ],
+            ),
+            "",
+            "flowserve's own functions by inclusive time:",
             "",
             table(
                 ["%", "function"],
-                [[p["pct"], f"`{p['function']}`"] for p in main["inclusive"][:25]],
+                [[p["pct"], f"`{p['function']}`"] for p in prof["flowserve_inclusive"][:15]],
             ),
-            "",
-            "</details>",
-            "",
-            "<details><summary>All threads, own time, top 10</summary>",
-            "",
-            table(["%", "function"], [[p["pct"], f"`{p['function']}`"] for p in every["own"][:10]]),
-            "",
-            "</details>",
         ]
     if out.get("profile", {}).get("svg"):
         parts += ["", f"Flame graph: `{out['profile']['svg']}` (not committed; re-run to get it)."]
