@@ -78,9 +78,16 @@ def make_org(database_url: str, org: str) -> tuple[str, str]:
     return asyncio.run(go())
 
 
-def start_server(tmp: Path, env: dict[str, str] | None = None, org: str = "acme") -> Server:
+def start_server(
+    tmp: Path,
+    env: dict[str, str] | None = None,
+    org: str = "acme",
+    keys: tuple[str, str] | None = None,
+) -> Server:
+    """A server on ``tmp/flowserve.db``. Given the (public, private) ``keys`` of an earlier
+    server on the same directory, it restarts on that database instead of creating the org."""
     database_url = f"sqlite+aiosqlite:///{tmp / 'flowserve.db'}"
-    public, private = make_org(database_url, org)
+    public, private = keys or make_org(database_url, org)
     port = free_port()
     log_path = tmp / "server.log"
     full_env = {

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     first_token_timeout: float = Field(default=60.0, gt=0)
     node_timeout: float = Field(default=600.0, gt=0)
 
+    # shutdown and crash safety (flowserve.http.shutdown, flowserve.store.instances)
+    drain_seconds: float = Field(default=10.0, ge=0)  # runs in flight may finish this long
+    heartbeat_interval: float = Field(default=10.0, gt=0)  # dead after 3 missed heartbeats
+
     # caches
     flow_cache_ttl: float = Field(default=2.0, ge=0)
     key_cache_ttl: float = Field(default=5.0, ge=0)

@@ -36,7 +36,10 @@ async def local_state(settings: Settings) -> AsyncIterator[AppState]:
     state = AppState.build(settings)
     await state.db.create_schema()
     try:
-        yield state
+        # Registered like a server, so that a server sharing the database does not take
+        # this process's runs (``flowserve run``) for orphans.
+        async with state.instances.alive():
+            yield state
     finally:
         await state.aclose()
 

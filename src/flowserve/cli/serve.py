@@ -29,10 +29,11 @@ def _serve(settings: Settings) -> None:
     import uvicorn
 
     from flowserve.http.app import create_app
+    from flowserve.http.shutdown import GRACE, DrainingServer
     from flowserve.logs import configure_logging
 
     configure_logging(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.host,
         port=settings.port,
@@ -40,8 +41,12 @@ def _serve(settings: Settings) -> None:
         http="httptools",
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=GRACE,  # after the drain (settings.drain_seconds)
     )
+    server = DrainingServer(config, settings.drain_seconds)
+    server.run()
+    if not server.started:
+        raise typer.Exit(3)  # as uvicorn.run: the application failed to start
 
 
 def serve(

@@ -22,7 +22,9 @@ from flowserve.http.limits import RequestSizeGuard
 from flowserve.http.routes_flows import router as flows_router
 from flowserve.http.routes_run import router as run_router
 from flowserve.http.routes_stop import router as stop_router
+from flowserve.http.shutdown import DrainGate
 from flowserve.http.state import AppState
+from flowserve.runs.service import SHUTDOWN
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -32,15 +34,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = AppState.build(settings)
         await state.db.create_schema()
-        if settings.database_url.startswith("sqlite"):
-            # One process owns an SQLite database, so anything RUNNING at start was orphaned
-            # by a crash. (Shared PostgreSQL needs per-process ownership; not done here.)
-            await state.runs.runs.fail_orphans()
-        app.state.flowserve = state
-        if settings.warm_up:
-            await state.warm_up()
         try:
-            yield
+            # Registered as a live instance: runs left RUNNING by dead ones are failed now
+            # and at each heartbeat; ours still RUNNING at the end are CANCELLED.
+            async with state.instances.alive(*SHUTDOWN):
+                app.state.flowserve = state
+                if settings.warm_up:
+                    await state.warm_up()
+                yield
         finally:
             await state.aclose()
 
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(stop_router)
     app.include_router(flows_router)
     # add_middleware puts each outside the ones before it.
+    app.add_middleware(DrainGate)
     app.add_middleware(Preflight)
     app.add_middleware(
         RequestSizeGuard,

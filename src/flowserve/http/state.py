@@ -20,6 +20,7 @@ from flowserve.runs.runner import Runner
 from flowserve.runs.service import FlowService, RunService
 from flowserve.store.database import Database
 from flowserve.store.flows import FlowStore
+from flowserve.store.instances import InstanceStore
 from flowserve.store.keys import KeyStore
 from flowserve.store.memory import MemoryStore
 from flowserve.store.runs import RunStore
@@ -36,6 +37,7 @@ class AppState:
     flows: FlowService
     runs: RunService
     limits: Limits
+    instances: InstanceStore
     _key_cache: dict[str, tuple[float, Principal]] = field(default_factory=dict)
 
     @classmethod
@@ -52,8 +54,9 @@ class AppState:
         )
         flows = FlowService(FlowStore(db), registry, settings.flow_cache_ttl)
         runner = Runner(registry, policy, settings.run_timeout, settings.run_idle_timeout)
-        runs = RunService(flows, RunStore(db), MemoryStore(db), runner)
-        return cls(settings, db, registry, KeyStore(db), flows, runs, Limits(settings))
+        instances = InstanceStore(db, settings.heartbeat_interval)
+        runs = RunService(flows, RunStore(db), MemoryStore(db), runner, owner=instances.id)
+        return cls(settings, db, registry, KeyStore(db), flows, runs, Limits(settings), instances)
 
     async def authenticate(self, header: str | None, org_id: str) -> Principal:
         """The caller's key, which must belong to ``org_id``. Every failure is the same 401,

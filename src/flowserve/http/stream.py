@@ -22,7 +22,6 @@ import anyio
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from flowserve.events import RunFinished
 from flowserve.http.frames import Encoder
 from flowserve.runs.service import Run
 
@@ -100,12 +99,9 @@ class RunStreamResponse(Response):
                 if run.final is not None:
                     return
         # Only reached when the run was stopped from outside (stop request, shutdown):
-        # the service recorded it CANCELLED; tell the client before ending the stream.
+        # the service recorded it CANCELLED with the reason; tell the client before ending.
         if encoder is not None and self.run is not None and self.run.final is not None:
-            stopped = RunFinished(
-                "CANCELLED", error="run stopped", error_type="cancelled", usage=self.run.final.usage
-            )
-            await self._write(encoder.batch([stopped]) or b"")
+            await self._write(encoder.batch([self.run.final]) or b"")
 
     async def _keepalive(self) -> None:
         interval = self.keepalive_interval

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -112,6 +112,7 @@ class Run:
         self.first_token_at: Any = None
         self.key_id: str | None = None  # the API key that started it (may stop it)
         self.recorded: anyio.Event | None = None  # set once the outcome is in the store
+        self.stopped: tuple[str, str] | None = None  # (error, error_type) when stopped
         self._stream: ObjectReceiveStream[Event] | None = None
 
     def output_text(self, out_id: str) -> str:
@@ -152,14 +153,28 @@ class Run:
             return out
 
 
+SHUTDOWN = ("server shutting down", "shutdown")  # why runs are stopped at the end of a drain
+
+
 class RunService:
     def __init__(
-        self, flows: FlowService, runs: RunStore, memory: MemoryStore, runner: Runner
+        self,
+        flows: FlowService,
+        runs: RunStore,
+        memory: MemoryStore,
+        runner: Runner,
+        owner: str | None = None,
     ) -> None:
         self.flows = flows
         self.runs = runs
         self.memory = memory
         self.runner = runner
+        self.owner = owner  # this process's instance id, recorded on each run
+        # Graceful shutdown (flowserve.http.shutdown): while draining, no new run is admitted;
+        # once closed, the runs left are stopped, and so is any that still starts.
+        self.drain_deadline: float | None = None
+        self.closed = False
+        self._idle: anyio.Event | None = None  # set when the last active run ends
         self.active: dict[str, anyio.CancelScope] = {}
         # The same runs, for ownership checks before stop(). In-process only: with several
         # processes (PostgreSQL + Redis) a stop request must reach the process running the
@@ -188,6 +203,7 @@ class RunService:
             flow_version=loaded.version,
             key_id=principal.key_id,
             state=RUNNING,
+            owner=self.owner,
             inputs=dict(inputs),
             user_id=user_id,
             queued_at=queued_at,
@@ -207,22 +223,55 @@ class RunService:
                             loaded.flow, inputs, memory, run.usage
                         ) as events:
                             run._stream = events
+                            if self.closed:  # slipped in after the drain: stop at once
+                                self.stop(run.id, *SHUTDOWN)
                             yield run
                     finally:
                         self.active.pop(run.id, None)
                         self.running.pop(run.id, None)
+                        if not self.active and self._idle is not None:
+                            self._idle.set()
         finally:
             with anyio.CancelScope(shield=True):
                 await self._record(run)
             run.recorded.set()
             run_id_var.reset(token)
 
-    def stop(self, run_id: str) -> bool:
+    def stop(self, run_id: str, reason: str = "run stopped", error_type: str = "cancelled") -> bool:
+        """Cancel a run of this process; it is recorded CANCELLED with ``reason`` as its error,
+        which is also what its client is told last."""
         scope = self.active.get(run_id)
         if scope is None:
             return False
+        run = self.running.get(run_id)
+        if run is not None and run.stopped is None:
+            run.stopped = (reason, error_type)
         scope.cancel()
         return True
+
+    @property
+    def draining(self) -> bool:
+        return self.drain_deadline is not None
+
+    def begin_drain(self, seconds: float) -> None:
+        """Refuse new runs from now on; :meth:`drain` waits for the others."""
+        if self.drain_deadline is None:
+            self.drain_deadline = time.monotonic() + seconds
+
+    async def drain(self, give_up: Callable[[], bool] = lambda: False) -> int:
+        """Let the runs in flight finish until the drain deadline (or ``give_up()``), then stop
+        the rest with the shutdown reason. Returns how many were stopped."""
+        self.begin_drain(0.0)
+        assert self.drain_deadline is not None
+        while self.active and not give_up():
+            remaining = self.drain_deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._idle = anyio.Event()
+            with anyio.move_on_after(min(remaining, 0.1)):  # 0.1: to notice give_up()
+                await self._idle.wait()
+        self.closed = True
+        return sum(self.stop(run_id, *SHUTDOWN) for run_id in list(self.active))
 
     async def _insert(self, record: RunRecord) -> None:
         with anyio.CancelScope(shield=True):
@@ -232,8 +281,9 @@ class RunService:
                 log.exception("could not record the start of run %s", record.id)
 
     async def _record(self, run: Run) -> None:
+        error, error_type = run.stopped or ("run cancelled", "cancelled")
         final = run.final or RunFinished(
-            CANCELLED, error="run cancelled", error_type="cancelled", usage=run.usage
+            CANCELLED, error=error, error_type=error_type, usage=run.usage
         )
         run.final = final
         try:

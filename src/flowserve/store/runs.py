@@ -37,16 +37,6 @@ class RunStore:
             raise NotFoundError(f"run {run_id!r} not found")
         return row
 
-    async def fail_orphans(self, message: str = "interrupted") -> int:
-        """Runs left RUNNING by a process that died. Call once at start (single process)."""
-        async with self.db.session() as s:
-            result = await s.execute(
-                update(Run)
-                .where(Run.state == RUNNING)
-                .values(state=FAILED, error=message, error_type="interrupted", finished_at=utcnow())
-            )
-        return int(getattr(result, "rowcount", 0) or 0)
-
 
 def timings(row: Run) -> dict[str, float | None]:
     """Durations in milliseconds, from when the request was accepted."""

@@ -1,0 +1,188 @@
+"""Graceful shutdown and crash safety, against a real server process.
+
+SIGTERM: runs in flight may finish during the drain, new ones are refused with 503, the rest
+are stopped with a last message saying why and recorded CANCELLED. SIGKILL: on the next start
+the interrupted run is FAILED and nothing else in the database is damaged."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests import sse
+from tests.conftest import Server, start_server, stop_server
+
+pytestmark = pytest.mark.slow
+
+SLOW = """
+id: slow
+inputs: {in-0: {default: "word"}}
+nodes: {llm-0: {type: llm, provider: scripted, model: "echo?delay=0.2&repeat=50", prompt: "{in-0}"}}
+outputs: {out-0: llm-0}
+"""
+SHORT = """
+id: short
+inputs: {in-0: {default: "a b c d e f"}}
+nodes: {llm-0: {type: llm, provider: scripted, model: "echo?delay=0.1", prompt: "{in-0}"}}
+outputs: {out-0: llm-0}
+"""
+
+
+class Reader(threading.Thread):
+    """Streams one run in the background, keeping the raw text it received."""
+
+    def __init__(self, server: Server, path: str) -> None:
+        super().__init__(daemon=True)
+        self.url = f"{server.base_url}{path}"
+        self.headers = {**server.auth(), "Content-Type": "application/json"}
+        self.text = ""
+        self.status: int | None = None
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        try:
+            with httpx.stream("POST", self.url, headers=self.headers, json={}, timeout=30) as r:
+                self.status = r.status_code
+                for chunk in r.iter_text():
+                    self.text += chunk
+        except httpx.HTTPError as exc:
+            self.error = exc
+
+    def wait_for(self, needle: str, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in self.text:
+            assert time.monotonic() < deadline, (needle, self.text)
+            time.sleep(0.02)
+
+
+def rows(db: Path) -> dict[str, dict]:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        found = conn.execute("SELECT id, flow_id, state, outputs, error, error_type FROM runs")
+        return {row["id"]: {**dict(row), "outputs": json.loads(row["outputs"])} for row in found}
+
+
+def test_sigterm_drains_then_stops_runs_with_a_last_message(tmp_path: Path):
+    server = start_server(tmp_path, env={"FLOWSERVE_DRAIN_SECONDS": "1"})
+    try:
+        assert server.publish(SLOW).status_code == 201
+        assert server.publish(SHORT).status_code == 201
+        legacy = Reader(server, f"/stream_exported_flow?flow_id=slow&org={server.org}")
+        v0 = Reader(server, f"/inference/v0/stream/{server.org}/slow")
+        short = Reader(server, f"/inference/v0/stream/{server.org}/short")
+        legacy.start(), v0.start()
+        legacy.wait_for("word word"), v0.wait_for('"word"')
+        short.start()
+        short.wait_for('"a"')
+        server.process.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        time.sleep(0.3)
+        # Draining: still accepting, but a new run is refused and health says so.
+        refused = httpx.post(
+            f"{server.base_url}/inference/v0/run/{server.org}/short",
+            headers=server.auth(),
+            json={},
+            timeout=10,
+        )
+        assert refused.status_code == 503, refused.text
+        assert refused.json() == {"detail": "server shutting down"}
+        assert 1 <= int(refused.headers["retry-after"]) <= 2
+        health = httpx.get(f"{server.base_url}/healthz", timeout=10)
+        assert health.status_code == 503 and health.json() == {"status": "draining"}
+
+        server.process.wait(timeout=15)
+        exited_after = time.monotonic() - signalled
+        for reader in (legacy, v0, short):
+            reader.join(timeout=5)
+            assert reader.status == 200 and reader.error is None, reader.error
+    finally:
+        stop_server(server)
+    assert exited_after < 1 + 5, exited_after  # drain, then at most a few seconds
+
+    # The short run finished normally during the drain.
+    short_frames = [json.loads(line) for line in short.text.splitlines()]
+    assert short_frames[-1]["state"] == "COMPLETED"
+    # The long ones were stopped, each client told why in its last message.
+    last = list(sse.parse(legacy.text))[-1].json()
+    assert last["error"] == "server shutting down" and last["error_type"] == "shutdown"
+    legacy_run = last["run_id"]
+    v0_last = json.loads(v0.text.splitlines()[-1])
+    assert v0_last["state"] == "CANCELLED" and v0_last["error"] == "server shutting down"
+    assert v0_last["metadata"]["error_type"] == "shutdown"
+
+    records = rows(tmp_path / "flowserve.db")
+    assert not [r for r in records.values() if r["state"] == "RUNNING"]
+    assert records[short_frames[-1]["run_id"]]["state"] == "COMPLETED"
+    for run_id, received in (
+        (legacy_run, list(sse.parse(legacy.text))[-2].json()["out-0"]),
+        (
+            v0_last["run_id"],
+            "".join(json.loads(x)["outputs"]["out-0"] for x in v0.text.splitlines()),
+        ),
+    ):
+        record = records[run_id]
+        assert record["state"] == "CANCELLED" and record["error_type"] == "shutdown"
+        assert record["error"] == "server shutting down"
+        partial = record["outputs"]["out-0"]
+        assert partial.startswith("word word") and partial.startswith(received)
+        assert len(partial.split()) < 50
+    with sqlite3.connect(tmp_path / "flowserve.db") as conn:
+        assert conn.execute("SELECT count(*) FROM instances").fetchone() == (0,)
+
+
+def test_sigkill_mid_run_leaves_it_failed_on_restart_and_the_database_intact(tmp_path: Path):
+    server = start_server(tmp_path)
+    try:
+        assert server.publish(SLOW).status_code == 201
+        assert server.publish(SHORT).status_code == 201
+        done = httpx.post(
+            f"{server.base_url}/inference/v0/run/{server.org}/short",
+            headers=server.auth(),
+            json={},
+            timeout=30,
+        ).json()
+        reader = Reader(server, f"/inference/v0/stream/{server.org}/slow?delta=false")
+        reader.start()
+        reader.wait_for("word word")
+        server.process.kill()
+        server.process.wait(timeout=10)
+        reader.join(timeout=10)
+    finally:
+        stop_server(server)
+    killed_run = json.loads(reader.text.splitlines()[0])["run_id"]
+    assert rows(tmp_path / "flowserve.db")[killed_run]["state"] == "RUNNING"
+
+    again = start_server(tmp_path, keys=(server.public_key, server.private_key))
+    try:
+        records = rows(tmp_path / "flowserve.db")
+        assert records[killed_run]["state"] == "FAILED", records[killed_run]
+        assert records[killed_run]["error"] == "interrupted"
+        assert records[killed_run]["error_type"] == "interrupted"
+        assert records[done["run_id"]]["state"] == "COMPLETED"
+        assert records[done["run_id"]]["outputs"] == {"out-0": "a b c d e f"}
+        # Flows and keys survived: the same keys list the flows and run one.
+        listed = httpx.get(
+            f"{again.base_url}/v1/orgs/{again.org}/flows",
+            headers=again.auth(again.private_key),
+            timeout=10,
+        )
+        assert {f["flow_id"] for f in listed.json()} == {"slow", "short"}
+        r = httpx.post(
+            f"{again.base_url}/run_deployed_flow?flow_id=short&org={again.org}",
+            headers=again.auth(),
+            json={"in-0": "still here"},
+            timeout=30,
+        )
+        assert r.status_code == 200 and r.json() == {"out-0": "still here"}
+        with sqlite3.connect(tmp_path / "flowserve.db") as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+            assert conn.execute("SELECT count(*) FROM instances").fetchone() == (1,)
+    finally:
+        stop_server(again)
