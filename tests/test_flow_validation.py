@@ -154,3 +154,29 @@ def test_inputs_take_defaults_and_required_ones_are_enforced():
     with pytest.raises(InputError) as wrong_type:
         f.resolve_inputs({"in-0": 3})
     assert "must be a string" in wrong_type.value.message
+
+
+def test_a_flow_file_cannot_send_server_keys_to_a_host_of_its_choosing():
+    found = dict(problems("""
+        id: f
+        nodes:
+          a: {type: llm, provider: openai, base_url: "https://attacker.example/v1", prompt: "x"}
+          b: {type: llm, provider: openai, api_key_env: DATABASE_URL, prompt: "x"}
+          c: {type: llm, provider: openai, base_url: "http://127.0.0.1.attacker.example/v1",
+              prompt: "x"}
+        outputs: {out-0: a, out-1: b, out-2: c}
+    """))
+    assert "not allowed" in found["nodes.a.base_url"]
+    assert "not allowed" in found["nodes.b.api_key_env"]
+    assert "not allowed" in found["nodes.c.base_url"]
+    ok = flow(
+        """
+        id: f
+        nodes:
+          a: {type: llm, provider: openai-compatible, base_url: "http://127.0.0.1:11434/v1",
+              api_key_env: OLLAMA_API_KEY, model: llama3, prompt: "x"}
+        outputs: {out-0: a}
+        """,
+        environ={"OLLAMA_API_KEY": "k"},
+    )
+    assert ok.warnings == ()

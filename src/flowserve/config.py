@@ -64,6 +64,11 @@ class Settings(BaseSettings):
 
     # the provider of LLM nodes that do not name one: the embedded model
     default_provider: str = "local"
+    # what flow files may point providers at (see providers.registry.EndpointPolicy)
+    allowed_base_urls: list[str] = Field(
+        default_factory=lambda: ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+    )
+    allowed_key_envs: list[str] = Field(default_factory=lambda: ["*_API_KEY", "*_API_TOKEN"])
     # provider sections, e.g. {"local": {"instances": 1, "n_threads": 2}}
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     warm_up: bool = True

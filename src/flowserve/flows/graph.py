@@ -78,42 +78,50 @@ def _templates(spec: LLMNodeSpec | TemplateNodeSpec) -> dict[str, Template]:
 
 
 def _find_cycle(deps: Mapping[str, tuple[str, ...]]) -> list[str] | None:
+    """A cycle as a path ``[a, b, …, a]``, or None. Iterative (a depth-first search with an
+    explicit stack): a published flow may chain thousands of nodes, past Python's recursion
+    limit."""
     state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-    path: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        path.append(node)
-        for dep in deps.get(node, ()):
-            if state.get(dep) == 1:
-                return [*path[path.index(dep) :], dep]
-            if dep in deps and dep not in state and (cycle := visit(dep)):
-                return cycle
-        path.pop()
-        state[node] = 2
-        return None
-
-    for node in deps:
-        if node not in state and (cycle := visit(node)):
-            return cycle
+    for root in deps:
+        if root in state:
+            continue
+        state[root] = 1
+        path = [root]
+        stack = [iter(deps[root])]
+        while stack:
+            for dep in stack[-1]:
+                if state.get(dep) == 1:
+                    return [*path[path.index(dep) :], dep]
+                if dep in deps and dep not in state:
+                    state[dep] = 1
+                    path.append(dep)
+                    stack.append(iter(deps[dep]))
+                    break
+            else:
+                stack.pop()
+                state[path.pop()] = 2
     return None
 
 
 def _toposort(deps: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """Each node after the nodes it depends on (post-order; iterative, as above)."""
     done: list[str] = []
     seen: set[str] = set()
-
-    def visit(node: str) -> None:
-        if node in seen:
-            return
-        seen.add(node)
-        for dep in deps[node]:
-            if dep in deps:
-                visit(dep)
-        done.append(node)
-
-    for node in deps:
-        visit(node)
+    for root in deps:
+        if root in seen:
+            continue
+        seen.add(root)
+        stack = [(root, iter(deps[root]))]
+        while stack:
+            node, children = stack[-1]
+            for dep in children:
+                if dep in deps and dep not in seen:
+                    seen.add(dep)
+                    stack.append((dep, iter(deps[dep])))
+                    break
+            else:
+                stack.pop()
+                done.append(node)
     return tuple(done)
 
 
@@ -134,6 +142,12 @@ def _check_llm(
         problems.append((f"{loc}.model", f"provider {provider_name!r} needs a model"))
     elif (problem := provider.check_model(model)) is not None:
         problems.append((f"{loc}.model", problem))
+    if spec.base_url is not None and (bad := registry.policy.base_url_problem(spec.base_url)):
+        problems.append((f"{loc}.base_url", bad))
+    if spec.api_key_env is not None and (
+        bad := registry.policy.key_env_problem(spec.api_key_env)
+    ):
+        problems.append((f"{loc}.api_key_env", bad))
     options: dict[str, Any] = {}
     try:
         validated = provider_cls.Options.model_validate(spec.options())

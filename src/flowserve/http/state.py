@@ -14,7 +14,7 @@ from flowserve.errors import AuthError, FlowserveError, ForbiddenError
 from flowserve.flows.spec import LLMNodeSpec
 from flowserve.http.limits import Limits
 from flowserve.providers.base import ProviderEnv
-from flowserve.providers.registry import ProviderRegistry
+from flowserve.providers.registry import EndpointPolicy, ProviderRegistry
 from flowserve.providers.resilience import RetryPolicy
 from flowserve.runs.runner import Runner
 from flowserve.runs.service import FlowService, RunService
@@ -46,6 +46,9 @@ class AppState:
         registry = ProviderRegistry.from_entry_points(
             ProviderEnv(environ=dict(os.environ), settings=settings.providers),
             default=settings.default_provider,
+            policy=EndpointPolicy(
+                tuple(settings.allowed_base_urls), tuple(settings.allowed_key_envs)
+            ),
         )
         policy = RetryPolicy(
             max_retries=settings.max_retries,

