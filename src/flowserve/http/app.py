@@ -19,6 +19,7 @@ from flowserve.http import errors
 from flowserve.http.access import AccessLog
 from flowserve.http.cors import Preflight
 from flowserve.http.limits import RequestSizeGuard
+from flowserve.http.openapi import document_errors
 from flowserve.http.routes_flows import router as flows_router
 from flowserve.http.routes_run import router as run_router
 from flowserve.http.routes_stop import router as stop_router
@@ -71,4 +72,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def healthz() -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
+    document_errors(app)
     return app

@@ -25,13 +25,18 @@ MAX_NAME = 64  # input names are flow identifiers
 # per request, and lets us keep the contract's exact error shapes).
 RUN_BODY_SCHEMA: dict[str, Any] = {
     "requestBody": {
-        "required": True,
+        "required": False,  # no body (or ``{}``) runs the flow on its inputs' defaults
         "content": {
             "application/json": {
                 "schema": {
                     "type": "object",
                     "properties": {
-                        "user_id": {"type": "string", "description": "keys conversation memory"}
+                        "user_id": {
+                            "type": ["string", "null"],
+                            "minLength": 1,
+                            "maxLength": 256,
+                            "description": "keys conversation memory: letters, digits, . @ : + - _",
+                        }
                     },
                     "additionalProperties": {"type": "string"},
                     "example": {"in-0": "How do I reset my password?", "user_id": "user-42"},
@@ -70,7 +75,7 @@ async def read_run_body(
             raise PayloadTooLargeError(f"request body larger than {limit} bytes")
         chunks.append(chunk)
     raw = b"".join(chunks)
-    if not raw.strip():
+    if not raw.strip(b" \t\r\n"):  # JSON's whitespace: "\x0b" is no more a body than "x"
         data: Any = {}
     else:
         try:

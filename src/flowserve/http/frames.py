@@ -37,7 +37,9 @@ class Encoder:
         return b"id: %s:%d\ndata: %s\n\n" % (self.run.id.encode(), self.seq, data)
 
     def first(self) -> bytes:
-        return self.frame(self.payload({out: "" for out in self.run.flow.outputs}))
+        # Nothing has streamed yet: node outputs are "", and an output that is an input
+        # already holds its value (in delta mode, this frame is its only delta).
+        return self.frame(self.payload(self.run.outputs()))
 
     def batch(self, events: list[Event]) -> bytes | None:
         """One merged frame for a batch of events, or None if nothing visible changed."""
