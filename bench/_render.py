@@ -49,12 +49,14 @@ def targets(out: dict[str, Any]) -> list[dict[str, Any]]:
         row = opened["fs-legacy"]
         checks.append(
             check(
-                f"RSS per open stream ({row['requested']:,} held)",
+                f"RSS per held stream ({row['requested']:,} held)",
                 row["rss_per_stream_kib"],
                 20,
                 "KiB",
             )
         )
+        active = row.get("rss_per_active_stream_kib", math.nan)
+        checks.append(check("RSS per held stream that is streaming", active, 20, "KiB"))
     fs = servers.get("flowserve", {})
     if fs:
         checks.append(check("idle RSS, MB (10^6 B)", fs["idle_rss_mib"] / MB_IN_MIB, 100, "MB"))
@@ -127,6 +129,7 @@ def render(out: dict[str, Any]) -> str:
                     s.get("peak_rss_mib", math.nan),
                     f"{held.get('with_first_token', '-')}/{held.get('requested', '-')}",
                     held.get("rss_per_stream_kib", math.nan),
+                    held.get("rss_per_active_stream_kib", math.nan),
                     held.get("seconds_to_open", math.nan),
                 ]
             )
@@ -141,19 +144,30 @@ def render(out: dict[str, Any]) -> str:
                     "idle RSS (MiB)",
                     "peak RSS (MiB)",
                     "held streams (first token / opened)",
-                    "RSS per open stream (KiB)",
+                    "RSS per held stream (KiB)",
+                    "RSS per streaming one (KiB)",
                     "time to open (s)",
                 ],
                 rows,
             ),
         ]
-        fs, ll = (
-            out.get("open_streams", {}).get("fs-legacy"),
-            out.get("open_streams", {}).get("litellm"),
-        )
+        held = out.get("open_streams", {})
+        fs, ll = held.get("fs-legacy"), held.get("litellm")
         if fs and ll:
             x = ratio(fs["rss_per_stream_kib"], ll["rss_per_stream_kib"])
-            parts.append(f"\nRSS per open stream, flowserve / LiteLLM: {f(x)}x.")
+            y = ratio(fs["rss_per_active_stream_kib"], ll["rss_per_active_stream_kib"])
+            parts.append(
+                f"\nRSS per held stream, flowserve / LiteLLM: {f(x)}x; per streaming one: {f(y)}x."
+            )
+        for name, row in held.items():
+            steps = ", ".join(
+                f"{st['opened']} opened / {st['first_token']} streaming: {st['rss_mib']:.0f} MiB"
+                for st in row.get("steps", [])
+            )
+            parts.append(
+                f"\nHeld streams through {name}: RSS before {row['rss_before_mib']:.0f} MiB, "
+                f"then {steps}."
+            )
 
     if out.get("ttft_c1"):
         parts += [

@@ -530,32 +530,29 @@ class Bench:
             if name in self.pools:
                 await self._open_streams(name, count)
 
-    async def _open_streams(self, name: str, count: int) -> None:
-        """Hold ``count`` slow streams open (first token, then nothing for 60 s)."""
+    async def _open_streams(self, name: str, count: int, stages: int = 5) -> None:
+        """Hold ``count`` slow streams open (first token, then nothing for 60 s), opened in
+        ``stages`` equal steps with RSS sampled after each: if the server stops streaming at
+        some number (a connection-pool cap), the steps before it show what an *active*
+        stream costs and the steps after it what a *waiting* one does."""
         pid = self.pids[name]
-        print(f"\nopen streams: {count} slow streams held open through {name}", flush=True)
+        print(f"\nheld streams: {count} slow streams through {name}", flush=True)
         self.fake.control(gap_ms=60_000)
         await asyncio.sleep(1.0)
         rss0 = memory_kib(pid)
-        target = self.pools[name].target
-        pool = Pool(target, TOKEN_WIDTH)  # its own connections, closed at the end
+        pool = Pool(self.pools[name].target, TOKEN_WIDTH)  # its own connections
         opening = asyncio.Semaphore(500)  # connections being opened at once
         first = sent = 0
-        all_first, all_sent = asyncio.Event(), asyncio.Event()
 
         async def one() -> None:
             nonlocal first, sent
             released = False
             await opening.acquire()
             sent += 1
-            if sent >= count:
-                all_sent.set()
 
             def on_first(_: Any) -> None:
                 nonlocal first, released
                 first += 1
-                if first >= count:
-                    all_first.set()
                 if not released:
                     released = True
                     opening.release()
@@ -569,17 +566,33 @@ class Bench:
                 opening.release()
             await task
 
+        async def until(condition: Any, seconds: float) -> None:
+            for _ in range(int(seconds * 20)):
+                if condition():
+                    return
+                await asyncio.sleep(0.05)
+
         started = time.perf_counter()
-        tasks = [asyncio.ensure_future(one()) for _ in range(count)]
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(all_sent.wait(), 120)
-        with contextlib.suppress(TimeoutError):  # then up to 10 s more for first tokens
-            await asyncio.wait_for(all_first.wait(), 10)
+        tasks: list[asyncio.Future[None]] = []
+        steps = []
+        per_stage = math.ceil(count / stages)
+        for _ in range(stages):
+            n = min(per_stage, count - len(tasks))
+            tasks += [asyncio.ensure_future(one()) for _ in range(n)]
+            opened = len(tasks)
+            await until(lambda opened=opened: sent >= opened, 60)
+            await until(lambda opened=opened: first >= opened, 5)  # first tokens, or 5 s
+            await asyncio.sleep(1.0)
+            rss = memory_kib(pid)
+            steps.append({"opened": len(tasks), "first_token": first, "rss_mib": rss / 1024})
+            print(
+                f"  {len(tasks):5} opened, {first:5} with a first token: RSS {rss / 1024:.1f} MiB",
+                flush=True,
+            )
         opened_in = time.perf_counter() - started
-        await asyncio.sleep(2.0)
         rss1 = memory_kib(pid)
-        fds = len(os.listdir(f"/proc/{pid}/fd"))
         upstream_active = self.fake.stats()["active"]
+        active = [st for st in steps if st["first_token"] == st["opened"]]
         row = {
             "requested": count,
             "with_first_token": first,
@@ -587,24 +600,28 @@ class Bench:
             "rss_before_mib": rss0 / 1024,
             "rss_open_mib": rss1 / 1024,
             "rss_per_stream_kib": (rss1 - rss0) / count,
-            "rss_per_stream_with_token_kib": (rss1 - rss0) / first if first else math.nan,
-            "server_fds": fds,
+            # The largest step at which every stream opened so far was streaming.
+            "rss_per_active_stream_kib": (
+                (active[-1]["rss_mib"] * 1024 - rss0) / active[-1]["opened"] if active else math.nan
+            ),
+            "steps": steps,
+            "server_fds": len(os.listdir(f"/proc/{pid}/fd")),
             "upstream_streams_active": upstream_active,
             "peak_rss_mib": memory_kib(pid, "VmHWM") / 1024,
         }
         self.out["open_streams"][name] = row
         print(
-            f"  {first}/{count} streams got their first token in {opened_in:.1f} s; "
-            f"upstream sees {upstream_active} active; "
-            f"RSS {rss0 / 1024:.1f} → {rss1 / 1024:.1f} MiB "
-            f"= {row['rss_per_stream_kib']:.1f} KiB per open stream",
+            f"  {first}/{count} streams got their first token; upstream sees {upstream_active} "
+            f"active; RSS {rss0 / 1024:.1f} → {rss1 / 1024:.1f} MiB = "
+            f"{row['rss_per_stream_kib']:.1f} KiB per held stream, "
+            f"{row['rss_per_active_stream_kib']:.1f} KiB per streaming one",
             flush=True,
         )
         if first < count:
             self.note(
-                f"{name}: only {first} of {count} held streams got a first token "
-                f"(upstream saw {upstream_active} active streams; the rest waited inside the "
-                "server)"
+                f"{name}: only {first} of {count} held streams got a first token: the upstream "
+                f"saw {upstream_active} streams, the rest waited inside the server (a "
+                "connection-pool cap towards the upstream)"
             )
         pool.close()
         for task in tasks:
