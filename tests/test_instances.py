@@ -69,19 +69,20 @@ async def start_run(db: Database, owner: str | None) -> str:
     run_id = uuid.uuid4().hex
     now = utcnow()
     await RunStore(db).start(
-        Run(
-            id=run_id,
-            org_id="acme",
-            flow_id="f",
-            flow_version=1,
-            key_id="k",
-            state="RUNNING",
-            inputs={},
-            outputs={"out-0": "partial"},
-            owner=owner,
-            queued_at=now,
-            started_at=now,
-        )
+        {
+            "id": run_id,
+            "org_id": "acme",
+            "flow_id": "f",
+            "flow_version": 1,
+            "key_id": "k",
+            "state": "RUNNING",
+            "inputs": {},
+            "outputs": {"out-0": "partial"},
+            "usage": {},
+            "owner": owner,
+            "queued_at": now,
+            "started_at": now,
+        }
     )
     return run_id
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 
+import anyio
 import asyncpg
 import pytest
 
@@ -114,3 +115,30 @@ async def test_run_records_and_memory(state):
             pass
     assert run.outputs()["out-0"] == f"two | {outputs[1]} | three | {outputs[2]} | four"
     assert await state.runs.memory.load("acme", "echo", "llm-0", "user-2", 2) == []
+
+
+async def test_concurrent_run_records_are_group_committed(state):
+    from flowserve.auth import Principal
+
+    await state.flows.publish("acme", ECHO)
+    loaded = await state.flows.get("acme", "echo")
+    principal = Principal("acme", "k1", PUBLIC)
+    writer = state.runs.runs.writer
+    before = writer.batches
+    run_ids: list[str] = []
+
+    async def one(i: int) -> None:
+        async with state.runs.execute(principal, loaded, {"in-0": f"run {i}"}) as run:
+            async for _ in run.events():
+                pass
+        run_ids.append(run.id)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(40):
+            tg.start_soon(one, i)
+    # 40 runs, two writes each; concurrent writes share transactions.
+    assert writer.batches - before < 40
+    for run_id in run_ids:
+        row = await state.runs.runs.get("acme", run_id)
+        assert row.state == "COMPLETED" and row.outputs["out-0"].startswith("run ")
+        assert row.finished_at is not None and row.owner

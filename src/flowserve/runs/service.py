@@ -30,7 +30,6 @@ from flowserve.runs.runner import Runner
 from flowserve.store.database import utcnow
 from flowserve.store.flows import FlowStore, StoredFlow
 from flowserve.store.memory import MemoryStore
-from flowserve.store.models import Run as RunRecord
 from flowserve.store.runs import CANCELLED, RUNNING, RunStore
 
 log = logging.getLogger("flowserve.runs")
@@ -196,19 +195,21 @@ class RunService:
         memory = None
         if user_id:
             memory = _BoundMemory(self.memory, loaded.org_id, loaded.flow.id, user_id)
-        record = RunRecord(
-            id=run.id,
-            org_id=loaded.org_id,
-            flow_id=loaded.flow.id,
-            flow_version=loaded.version,
-            key_id=principal.key_id,
-            state=RUNNING,
-            owner=self.owner,
-            inputs=dict(inputs),
-            user_id=user_id,
-            queued_at=queued_at,
-            started_at=utcnow(),
-        )
+        record = {
+            "id": run.id,
+            "org_id": loaded.org_id,
+            "flow_id": loaded.flow.id,
+            "flow_version": loaded.version,
+            "key_id": principal.key_id,
+            "state": RUNNING,
+            "owner": self.owner,
+            "inputs": dict(inputs),
+            "outputs": {},
+            "usage": {},
+            "user_id": user_id,
+            "queued_at": queued_at,
+            "started_at": utcnow(),
+        }
         token = run_id_var.set(run.id)
         try:
             async with anyio.create_task_group() as tg:
@@ -273,12 +274,12 @@ class RunService:
         self.closed = True
         return sum(self.stop(run_id, *SHUTDOWN) for run_id in list(self.active))
 
-    async def _insert(self, record: RunRecord) -> None:
+    async def _insert(self, record: dict[str, Any]) -> None:
         with anyio.CancelScope(shield=True):
             try:
                 await self.runs.start(record)
             except Exception:
-                log.exception("could not record the start of run %s", record.id)
+                log.exception("could not record the start of run %s", record["id"])
 
     async def _record(self, run: Run) -> None:
         error, error_type = run.stopped or ("run cancelled", "cancelled")

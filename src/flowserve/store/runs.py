@@ -5,9 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
-
 from flowserve.errors import NotFoundError
+from flowserve.store._group_commit import RunWriter
 from flowserve.store.database import Database, utcnow
 from flowserve.store.models import Run
 
@@ -20,15 +19,15 @@ CANCELLED = "CANCELLED"
 class RunStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.writer = RunWriter(db)
 
-    async def start(self, record: Run) -> None:
-        async with self.db.session() as s:
-            s.add(record)
+    async def start(self, values: dict[str, Any]) -> None:
+        """Record a run as RUNNING (batched with concurrent writes; see _group_commit)."""
+        await self.writer.insert(values)
 
     async def finish(self, run_id: str, **fields: Any) -> None:
         fields.setdefault("finished_at", utcnow())
-        async with self.db.session() as s:
-            await s.execute(update(Run).where(Run.id == run_id).values(**fields))
+        await self.writer.update(run_id, fields)
 
     async def get(self, org_id: str, run_id: str) -> Run:
         async with self.db.session() as s:
