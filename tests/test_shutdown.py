@@ -62,6 +62,19 @@ class Reader(threading.Thread):
             time.sleep(0.02)
 
 
+class Blocking(threading.Thread):
+    """A blocking run request in the background."""
+
+    def __init__(self, server: Server, path: str) -> None:
+        super().__init__(daemon=True)
+        self.url = f"{server.base_url}{path}"
+        self.headers = server.auth()
+        self.response: httpx.Response | None = None
+
+    def run(self) -> None:
+        self.response = httpx.post(self.url, headers=self.headers, json={}, timeout=30)
+
+
 def rows(db: Path) -> dict[str, dict]:
     with sqlite3.connect(db) as conn:
         conn.row_factory = sqlite3.Row
@@ -77,7 +90,10 @@ def test_sigterm_drains_then_stops_runs_with_a_last_message(tmp_path: Path):
         legacy = Reader(server, f"/stream_exported_flow?flow_id=slow&org={server.org}")
         v0 = Reader(server, f"/inference/v0/stream/{server.org}/slow")
         short = Reader(server, f"/inference/v0/stream/{server.org}/short")
-        legacy.start(), v0.start()
+        blocking_legacy = Blocking(server, f"/run_deployed_flow?flow_id=slow&org={server.org}")
+        blocking_v0 = Blocking(server, f"/inference/v0/run/{server.org}/slow")
+        for thread in (legacy, v0, blocking_legacy, blocking_v0):
+            thread.start()
         legacy.wait_for("word word"), v0.wait_for('"word"')
         short.start()
         short.wait_for('"a"')
@@ -102,6 +118,7 @@ def test_sigterm_drains_then_stops_runs_with_a_last_message(tmp_path: Path):
         for reader in (legacy, v0, short):
             reader.join(timeout=5)
             assert reader.status == 200 and reader.error is None, reader.error
+        blocking_legacy.join(timeout=5), blocking_v0.join(timeout=5)
     finally:
         stop_server(server)
     assert exited_after < 1 + 5, exited_after  # drain, then at most a few seconds
@@ -116,6 +133,15 @@ def test_sigterm_drains_then_stops_runs_with_a_last_message(tmp_path: Path):
     v0_last = json.loads(v0.text.splitlines()[-1])
     assert v0_last["state"] == "CANCELLED" and v0_last["error"] == "server shutting down"
     assert v0_last["metadata"]["error_type"] == "shutdown"
+    # Blocking runs: the legacy route says 503 (try again), v0 returns the CANCELLED envelope.
+    assert blocking_legacy.response is not None and blocking_legacy.response.status_code == 503
+    assert blocking_legacy.response.headers["retry-after"] == "1"
+    detail = blocking_legacy.response.json()["detail"]
+    assert detail["error"] == "server shutting down" and detail["error_type"] == "shutdown"
+    assert blocking_v0.response is not None and blocking_v0.response.status_code == 200
+    envelope = blocking_v0.response.json()
+    assert envelope["state"] == "CANCELLED" and envelope["error"] == "server shutting down"
+    assert envelope["outputs"]["out-0"].startswith("word")
 
     records = rows(tmp_path / "flowserve.db")
     assert not [r for r in records.values() if r["state"] == "RUNNING"]

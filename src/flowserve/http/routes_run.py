@@ -20,7 +20,7 @@ from flowserve.http.frames import EnvelopeEncoder, LegacyEncoder, envelope, meta
 from flowserve.http.limits import Slot
 from flowserve.http.state import AppState
 from flowserve.http.stream import RunStreamResponse
-from flowserve.runs.service import LoadedFlow, Run
+from flowserve.runs.service import SHUTDOWN, LoadedFlow, Run
 from flowserve.store.runs import timings
 
 router = APIRouter()
@@ -148,8 +148,13 @@ async def run_deployed_flow(
             "node_id": final.node_id,
             "run_id": run.id,
         }
-        note(request.scope, status=502)
-        return caller.json({"detail": detail}, 502)
+        # Stopped by a shutdown, the flow did not fail: the server went away, so try again.
+        status = 503 if final.error_type == SHUTDOWN[1] else 502
+        note(request.scope, status=status)
+        response = caller.json({"detail": detail}, status)
+        if status == 503:
+            response.headers["Retry-After"] = "1"
+        return response
     note(request.scope, status=200)
     return caller.json(run.outputs())
 
