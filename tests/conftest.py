@@ -83,10 +83,12 @@ def start_server(
     env: dict[str, str] | None = None,
     org: str = "acme",
     keys: tuple[str, str] | None = None,
+    database_url: str | None = None,
 ) -> Server:
-    """A server on ``tmp/flowserve.db``. Given the (public, private) ``keys`` of an earlier
-    server on the same directory, it restarts on that database instead of creating the org."""
-    database_url = f"sqlite+aiosqlite:///{tmp / 'flowserve.db'}"
+    """A server on ``tmp/flowserve.db`` (or ``database_url``). Given the (public, private)
+    ``keys`` of an earlier server on the same database, it uses that org instead of creating
+    it."""
+    database_url = database_url or f"sqlite+aiosqlite:///{tmp / 'flowserve.db'}"
     public, private = keys or make_org(database_url, org)
     port = free_port()
     log_path = tmp / "server.log"

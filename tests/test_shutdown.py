@@ -6,13 +6,16 @@ the interrupted run is FAILED and nothing else in the database is damaged."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import sqlite3
 import threading
 import time
+import uuid
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
@@ -212,3 +215,51 @@ def test_sigkill_mid_run_leaves_it_failed_on_restart_and_the_database_intact(tmp
             assert conn.execute("SELECT count(*) FROM instances").fetchone() == (1,)
     finally:
         stop_server(again)
+
+
+def test_on_shared_postgresql_a_survivor_fails_only_the_dead_peers_run(tmp_path: Path):
+    dbname = f"flowserve_test_{uuid.uuid4().hex[:10]}"
+    asyncio.run(_pg(f'CREATE DATABASE "{dbname}"'))
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{dbname}"
+    env = {"FLOWSERVE_HEARTBEAT_INTERVAL": "0.5", "FLOWSERVE_DRAIN_SECONDS": "1"}
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    a = start_server(tmp_path / "a", env=env, database_url=url)
+    b = start_server(tmp_path / "b", env=env, database_url=url, keys=(a.public_key, a.private_key))
+    try:
+        assert a.publish(SLOW).status_code == 201
+        on_a = Reader(a, f"/inference/v0/stream/{a.org}/slow?delta=false")
+        on_b = Reader(b, f"/inference/v0/stream/{b.org}/slow?delta=false")
+        on_a.start(), on_b.start()
+        on_a.wait_for("word word"), on_b.wait_for("word word")
+        run_a = json.loads(on_a.text.splitlines()[0])["run_id"]
+        run_b = json.loads(on_b.text.splitlines()[0])["run_id"]
+        a.process.kill()
+        a.process.wait(timeout=10)
+
+        def record(run_id: str) -> dict:
+            url = f"{b.base_url}/inference/v0/run/{b.org}/slow/metadata?run_id={run_id}"
+            return httpx.get(url, headers=b.auth(b.private_key), timeout=10).json()
+
+        deadline = time.monotonic() + 10
+        while record(run_a)["state"] == "RUNNING":
+            assert time.monotonic() < deadline, "the dead peer's run was never failed"
+            time.sleep(0.2)
+        assert record(run_a)["state"] == "FAILED" and record(run_a)["error"] == "interrupted"
+        time.sleep(1.5)  # several more sweeps by b: its own run is left alone
+        assert record(run_b)["state"] == "RUNNING"
+        assert on_b.is_alive() and on_b.error is None
+    finally:
+        stop_server(a)
+        stop_server(b)
+        asyncio.run(_pg(f'DROP DATABASE "{dbname}" WITH (FORCE)'))
+    on_b.join(timeout=10)
+    last = json.loads(on_b.text.splitlines()[-1])
+    assert last["state"] == "CANCELLED" and last["error"] == "server shutting down"
+
+
+async def _pg(statement: str) -> None:
+    admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/postgres")
+    try:
+        await admin.execute(statement)
+    finally:
+        await admin.close()
