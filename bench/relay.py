@@ -581,7 +581,14 @@ class Bench:
             tasks += [asyncio.ensure_future(one()) for _ in range(n)]
             opened = len(tasks)
             await until(lambda opened=opened: sent >= opened, 60)
-            await until(lambda opened=opened: first >= opened, 5)  # first tokens, or 5 s
+            # First tokens: until all have one, or none came for 2 s (a cap), at most 30 s.
+            last, still = first, 0
+            for _ in range(300):
+                if first >= opened or still >= 20:
+                    break
+                await asyncio.sleep(0.1)
+                still = still + 1 if first == last else 0
+                last = first
             await asyncio.sleep(1.0)
             rss = memory_kib(pid)
             steps.append({"opened": len(tasks), "first_token": first, "rss_mib": rss / 1024})
