@@ -58,6 +58,7 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _READ_TIMEOUT = 900.0
 _CONNECT_TIMEOUT = 10.0
 _CLOSE_GRACE = 2.0
+_DRAIN_GRACE = 0.5
 
 
 class OpenAIOptions(NodeOptions):
@@ -149,8 +150,15 @@ class OpenAIProvider(Provider):
             )
             state["connected"] = True
             try:
-                async for data in sse_data(response.aiter_bytes()):
+                events = sse_data(response.aiter_bytes())
+                async for data in events:
                     if data.startswith(b"[DONE]"):
+                        # Read the (empty) rest of the body, so that the connection goes
+                        # back to the pool instead of being closed: a new TCP connection
+                        # per run was a visible share of the time to first token.
+                        with anyio.move_on_after(_DRAIN_GRACE):
+                            async for _ in events:
+                                pass
                         break
                     chunk = orjson.loads(data)
                     if type(chunk) is not dict:
