@@ -581,10 +581,13 @@ class Bench:
             tasks += [asyncio.ensure_future(one()) for _ in range(n)]
             opened = len(tasks)
             await until(lambda opened=opened: sent >= opened, 60)
-            # First tokens: until all have one, or none came for 2 s (a cap), at most 30 s.
+            # First tokens: until all have one, or none came for a while (a cap): 10 s
+            # until a cap has been seen, 2 s after; at most 30 s.
+            capped = bool(steps) and steps[-1]["first_token"] < steps[-1]["opened"]
+            patience = 20 if capped else 100
             last, still = first, 0
             for _ in range(300):
-                if first >= opened or still >= 20:
+                if first >= opened or still >= patience:
                     break
                 await asyncio.sleep(0.1)
                 still = still + 1 if first == last else 0
