@@ -142,3 +142,27 @@ async def test_concurrent_run_records_are_group_committed(state):
         row = await state.runs.runs.get("acme", run_id)
         assert row.state == "COMPLETED" and row.outputs["out-0"].startswith("run ")
         assert row.finished_at is not None and row.owner
+
+
+async def test_a_short_run_is_written_once_and_a_long_one_is_visible_while_running(state):
+    from flowserve.auth import Principal
+
+    await state.flows.publish("acme", ECHO.replace("prompt:", 'model: "echo?delay=0.2", prompt:'))
+    loaded = await state.flows.get("acme", "echo")
+    principal = Principal("acme", "k1", PUBLIC)
+    writer = state.runs.runs.writer
+    state.runs.record_delay = 0.25
+
+    before = writer.batches
+    async with state.runs.execute(principal, loaded, {"in-0": "quick"}) as run:
+        async for _ in run.events():
+            pass
+    assert writer.batches - before == 1  # one insert, with the outcome
+    assert (await state.runs.runs.get("acme", run.id)).state == "COMPLETED"
+
+    async with state.runs.execute(principal, loaded, {"in-0": "a b c d"}) as run:
+        async for event in run.events():
+            if type(event).__name__ == "NodeDelta" and event.text.strip() == "c":
+                row = await state.runs.runs.get("acme", run.id)
+                assert row.state == "RUNNING"  # recorded once it outlived record_delay
+    assert (await state.runs.runs.get("acme", run.id)).state == "COMPLETED"

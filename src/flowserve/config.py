@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     node_timeout: float = Field(default=600.0, gt=0)
 
     # shutdown and crash safety (flowserve.http.shutdown, flowserve.store.instances)
+    # a run is recorded RUNNING once it has lasted this long; shorter runs are written once
+    record_delay: float = Field(default=0.25, ge=0)
     drain_seconds: float = Field(default=10.0, ge=0)  # runs in flight may finish this long
     heartbeat_interval: float = Field(default=10.0, gt=0)  # dead after 3 missed heartbeats
 

@@ -58,7 +58,14 @@ class AppState:
         flows = FlowService(FlowStore(db), registry, settings.flow_cache_ttl)
         runner = Runner(registry, policy, settings.run_timeout, settings.run_idle_timeout)
         instances = InstanceStore(db, settings.heartbeat_interval)
-        runs = RunService(flows, RunStore(db), MemoryStore(db), runner, owner=instances.id)
+        runs = RunService(
+            flows,
+            RunStore(db),
+            MemoryStore(db),
+            runner,
+            owner=instances.id,
+            record_delay=settings.record_delay,
+        )
         return cls(settings, db, registry, KeyStore(db), flows, runs, Limits(settings), instances)
 
     async def authenticate(self, header: str | None, org_id: str) -> Principal:

@@ -112,6 +112,8 @@ class Run:
         self.key_id: str | None = None  # the API key that started it (may stop it)
         self.recorded: anyio.Event | None = None  # set once the outcome is in the store
         self.stopped: tuple[str, str] | None = None  # (error, error_type) when stopped
+        self.insert_scope: anyio.CancelScope | None = None  # waiting to record RUNNING
+        self.pending_record: dict[str, Any] | None = None  # not recorded yet: write once
         self._stream: ObjectReceiveStream[Event] | None = None
 
     def output_text(self, out_id: str) -> str:
@@ -163,12 +165,17 @@ class RunService:
         memory: MemoryStore,
         runner: Runner,
         owner: str | None = None,
+        record_delay: float = 0.0,
     ) -> None:
         self.flows = flows
         self.runs = runs
         self.memory = memory
         self.runner = runner
         self.owner = owner  # this process's instance id, recorded on each run
+        # A run is recorded as RUNNING only once it has lasted this long: a shorter run is
+        # written once, with its outcome (half the writes at low load). Crash safety covers
+        # runs older than this; a younger one killed with the process leaves no record.
+        self.record_delay = record_delay
         # Graceful shutdown (flowserve.http.shutdown): while draining, no new run is admitted;
         # once closed, the runs left are stopped, and so is any that still starts.
         self.drain_deadline: float | None = None
@@ -215,7 +222,7 @@ class RunService:
             async with anyio.create_task_group() as tg:
                 # The RUNNING record is written beside the run, not before it: the first
                 # token does not wait for the database.
-                tg.start_soon(self._insert, record)
+                tg.start_soon(self._insert, run, record)
                 with anyio.CancelScope() as scope:  # cancelled by stop()
                     self.active[run.id] = scope
                     self.running[run.id] = run
@@ -228,6 +235,8 @@ class RunService:
                                 self.stop(run.id, *SHUTDOWN)
                             yield run
                     finally:
+                        if run.insert_scope is not None:  # ended before being recorded
+                            run.insert_scope.cancel()
                         self.active.pop(run.id, None)
                         self.running.pop(run.id, None)
                         if not self.active and self._idle is not None:
@@ -274,7 +283,15 @@ class RunService:
         self.closed = True
         return sum(self.stop(run_id, *SHUTDOWN) for run_id in list(self.active))
 
-    async def _insert(self, record: dict[str, Any]) -> None:
+    async def _insert(self, run: Run, record: dict[str, Any]) -> None:
+        if self.record_delay > 0:
+            with anyio.CancelScope() as scope:
+                run.insert_scope = scope
+                await anyio.sleep(self.record_delay)
+            run.insert_scope = None
+            if scope.cancelled_caught:  # the run ended first: _record writes it once
+                run.pending_record = record
+                return
         with anyio.CancelScope(shield=True):
             try:
                 await self.runs.start(record)
@@ -287,16 +304,20 @@ class RunService:
             CANCELLED, error=error, error_type=error_type, usage=run.usage
         )
         run.final = final
+        outcome = {
+            "state": final.state,
+            "outputs": run.outputs(),
+            "error": final.error,
+            "error_type": final.error_type,
+            "error_node": final.node_id,
+            "usage": run.usage,
+            "first_token_at": run.first_token_at,
+            "finished_at": utcnow(),
+        }
         try:
-            await self.runs.finish(
-                run.id,
-                state=final.state,
-                outputs=run.outputs(),
-                error=final.error,
-                error_type=final.error_type,
-                error_node=final.node_id,
-                usage=run.usage,
-                first_token_at=run.first_token_at,
-            )
+            if run.pending_record is not None:
+                await self.runs.start({**run.pending_record, **outcome})
+            else:
+                await self.runs.finish(run.id, **outcome)
         except Exception:
             log.exception("could not record the end of run %s", run.id)
