@@ -112,7 +112,7 @@ def render(out: dict[str, Any]) -> str:
         "",
         table(
             ["target", "measured", "limit", ""],
-            [[c["target"], c["value"], c["limit"], f"**{c['verdict']}**"] for c in targets(out)],
+            [[c["target"], c["shown"], c["limit"], f"**{c['verdict']}**"] for c in targets(out)],
         ),
     ]
 
@@ -186,8 +186,10 @@ def render(out: dict[str, Any]) -> str:
             "",
             f"### Paced streams ({cfg['tokens']} tokens, {f(cfg['gap_ms'], 0)} ms apart)",
             "",
-            "Per-token delay: (arrival of token i - arrival of token 0) - i x gap, at the "
-            'client. "added" = target percentile - direct percentile, same run, same client.',
+            "Times in ms. Per-token delay of token i = (a_i - i x gap) - min over j of "
+            "(a_j - j x gap), a = arrival at the client: how much later than the stream's "
+            'fastest token it came. "added" = target percentile - direct percentile, same run, '
+            "same client.",
         ]
         for c, rows in paced.items():
             parts += [
@@ -230,7 +232,7 @@ def render(out: dict[str, Any]) -> str:
                     row["tokens_per_s"],
                     f"{f(ratio(row['tokens_per_s'], ll_tok), 1)}x",
                     row["ttft_ms"]["p50"],
-                    row["server_cpu_s_per_1k_tokens"],
+                    f"{row['server_cpu_s_per_1k_tokens']:.3f}",
                     f"{f(ratio(row['server_cpu_s_per_1k_tokens'], ll_cpu))}x",
                     f"{100 * row['server_cpu_util']:.0f}%",
                     f"{100 * row['client_cpu_util']:.0f}%",

@@ -81,7 +81,17 @@ def check(name: str, value: float, limit: float, unit: str, higher_is_better: bo
     else:
         verdict = "PASS" if value <= limit else "MISS"
     sign = "≥" if higher_is_better else "≤"
-    return {"target": name, "value": value, "limit": f"{sign} {limit:g} {unit}", "verdict": verdict}
+    if math.isnan(value):
+        shown = "-"
+    else:
+        shown = f"{value:.3f} {unit}" if abs(value) < 1 else f"{value:.3g} {unit}"
+    return {
+        "target": name,
+        "value": value,
+        "shown": shown,
+        "limit": f"{sign} {limit:g} {unit}",
+        "verdict": verdict,
+    }
 
 
 # -- markdown --------------------------------------------------------------------------------

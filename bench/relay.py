@@ -1,7 +1,8 @@
 """Relay overhead: flowserve versus the upstream called directly, and versus LiteLLM proxy.
 
     .venv/bin/python bench/relay.py            # full run, < 10 minutes on 2 cores
-    .venv/bin/python bench/relay.py --quick    # sanity run, c=1 and 10, about 1.5 minutes
+    .venv/bin/python bench/relay.py --quick    # sanity run, c=1 and 10, ~2 minutes; prints only
+    .venv/bin/python bench/relay.py --render   # rewrite RESULTS.md from results/relay.json
 
 One fake OpenAI-compatible upstream (bench/fake_upstream.py, its own process) serves every
 client. Targets, interleaved round by round (A B C D A B C D ...) so machine noise hits all:
@@ -700,7 +701,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=50, help="tokens per response")
     parser.add_argument("--gap-ms", type=float, default=10.0, help="upstream gap between tokens")
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs and the DB")
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite RESULTS.md from results/relay.json"
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        markdown = render(json.loads((RESULTS / "relay.json").read_text()))
+        write_section(HERE / "RESULTS.md", markdown)
+        print(markdown)
+        return 0
     nofile = raise_nofile()
     began = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="flowserve-relay-"))
@@ -721,14 +730,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     bench.out["total_seconds"] = time.perf_counter() - began
-    (RESULTS / "relay.json").write_text(json.dumps(bench.out, indent=2, default=str))
     markdown = render(bench.out)
     print("\n" + markdown)
-    write_section(HERE / "RESULTS.md", markdown)
-    print(
-        "\nwrote bench/results/relay.json and bench/RESULTS.md "
-        f"in {bench.out['total_seconds']:.0f} s"
-    )
+    if args.quick:  # a sanity run never replaces the full results
+        (RESULTS / "relay-quick.json").write_text(json.dumps(bench.out, indent=2, default=str))
+        written = "bench/results/relay-quick.json"
+    else:
+        (RESULTS / "relay.json").write_text(json.dumps(bench.out, indent=2, default=str))
+        write_section(HERE / "RESULTS.md", markdown)
+        written = "bench/results/relay.json and bench/RESULTS.md"
+    print(f"\nwrote {written} in {bench.out['total_seconds']:.0f} s")
     return 0
 
 
