@@ -192,6 +192,13 @@ def render(out: dict[str, Any]) -> str:
             "same client.",
         ]
         for c, rows in paced.items():
+            cpu = out["paced"].get(f"{c}_server_cpu_s", {})
+            per_k = []
+            for server, names in (("flowserve", FS), ("LiteLLM", ("litellm", "litellm-sdk"))):
+                key = "fs-legacy" if server == "flowserve" else "litellm"
+                tokens = sum(rows[n]["completed"] * cfg["tokens"] for n in names if n in rows)
+                if key in cpu and tokens:
+                    per_k.append(f"{server} {1000 * cpu[key] / tokens:.3f}")
             parts += [
                 "",
                 f"**c = {c}**",
@@ -214,6 +221,11 @@ def render(out: dict[str, Any]) -> str:
                     ],
                     _latency_rows(rows, with_delay=True),
                 ),
+                "",
+                "Server CPU-s per 1,000 tokens over this phase (paced tokens are not coalesced; "
+                "includes the server's idle time while other targets ran): "
+                + (", ".join(per_k) or "-")
+                + ".",
             ]
 
     sat = out.get("saturation", {})
