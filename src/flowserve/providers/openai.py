@@ -30,6 +30,7 @@ Non-obvious choices:
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -78,6 +79,7 @@ class OpenAIProvider(Provider):
     def __init__(self, env: ProviderEnv) -> None:
         super().__init__(env)
         self._clients: dict[tuple[str, str], AsyncOpenAI] = {}
+        self.max_connections = int(env.settings.get("max_connections", 10_000))
 
     # -- where and with which key (what the compatible provider overrides) --
 
@@ -98,11 +100,21 @@ class OpenAIProvider(Provider):
         if client is None:
             import openai
 
+            timeout = openai.Timeout(_READ_TIMEOUT, connect=_CONNECT_TIMEOUT)
+            # The SDK's default pool (1,000 connections, 100 kept alive) capped the streams one
+            # server could relay and made it reconnect under load; a relay needs more.
             client = openai.AsyncOpenAI(
                 api_key=api_key,
                 base_url=base_url,
                 max_retries=0,
-                timeout=openai.Timeout(_READ_TIMEOUT, connect=_CONNECT_TIMEOUT),
+                timeout=timeout,
+                http_client=openai.DefaultAsyncHttpxClient(
+                    timeout=timeout,
+                    limits=_http_module().Limits(
+                        max_connections=self.max_connections,
+                        max_keepalive_connections=self.max_connections,
+                    ),
+                ),
             )
             self._clients[(base_url, api_key)] = client
         return client
@@ -235,17 +247,24 @@ class OpenAIProvider(Provider):
         )
 
 
-def _response_class(client: Any) -> type:
-    """The HTTP response class of the SDK's transport: ``httpx.Response`` before openai 3.0,
-    ``httpx2.Response`` since. Asking the SDK for it as ``cast_to`` makes ``post`` hand back
-    the raw streaming response."""
+@functools.cache
+def _http_module() -> Any:
+    """The SDK's HTTP library: ``httpx`` before openai 3.0, ``httpx2`` since."""
     import importlib
 
-    for cls in type(client._client).__mro__:  # the SDK subclasses the transport's client
+    import openai
+
+    for cls in openai.DefaultAsyncHttpxClient.__mro__:  # the SDK subclasses its client
         package = cls.__module__.split(".")[0]
         if package.startswith("httpx"):
-            return importlib.import_module(package).Response  # type: ignore[no-any-return]
+            return importlib.import_module(package)
     raise RuntimeError("cannot find the openai SDK's HTTP library")
+
+
+def _response_class(client: Any) -> type:
+    """Asking the SDK for its transport's Response as ``cast_to`` makes ``post`` hand back the
+    raw streaming response."""
+    return _http_module().Response  # type: ignore[no-any-return]
 
 
 class OpenAICompatibleProvider(OpenAIProvider):
