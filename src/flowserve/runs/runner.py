@@ -15,13 +15,12 @@ part lists, plus nodes done) with the last one it saw.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import anyio
-from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
+from anyio.abc import TaskGroup
 
 from flowserve.errors import FlowserveError, NodeError, RunTimeoutError
 from flowserve.events import Event, NodeCompleted, NodeDelta, NodeStarted, RunFinished
@@ -30,6 +29,7 @@ from flowserve.flows.spec import LLMNodeSpec
 from flowserve.providers.base import LLMRequest, Message
 from flowserve.providers.registry import ProviderRegistry
 from flowserve.providers.resilience import RetryPolicy, resilient_stream, total_time_limit
+from flowserve.runs._channel import Channel
 
 log = logging.getLogger("flowserve.runner")
 
@@ -76,18 +76,17 @@ class Runner:
         inputs: Mapping[str, str],
         memory: Memory | None = None,
         usage: dict[str, Any] | None = None,
-    ) -> AsyncIterator[ObjectReceiveStream[Event]]:
+    ) -> AsyncIterator[Channel[Event]]:
         """Start the run; yield its event stream. Leaving the block cancels what is left.
 
         ``usage`` (node id -> token counts) is filled in as nodes finish or are cancelled, so
         the caller has it even for a run that never reached its RunFinished event."""
-        send, receive = anyio.create_memory_object_stream[Event](math.inf)
+        channel: Channel[Event] = Channel()
         async with anyio.create_task_group() as tg:
             state = _RunState(flow, inputs, {} if usage is None else usage)
-            tg.start_soon(self._drive, flow, state, memory, send)
+            tg.start_soon(self._drive, flow, state, memory, channel)
             try:
-                with receive:
-                    yield receive
+                yield channel
             finally:
                 tg.cancel_scope.cancel()
 
@@ -96,12 +95,12 @@ class Runner:
         flow: Flow,
         state: _RunState,
         memory: Memory | None,
-        send: ObjectSendStream[Event],
+        send: Channel[Event],
     ) -> None:
         limits = flow.spec.limits
         timeout = limits.timeout if limits and limits.timeout else self.timeout
         idle = limits.idle_timeout if limits and limits.idle_timeout else self.idle_timeout
-        with send:
+        try:
             async with anyio.create_task_group() as watch:
                 with anyio.move_on_after(timeout) as deadline:
                     if idle:
@@ -120,6 +119,8 @@ class Runner:
             else:
                 final = RunFinished("COMPLETED", usage=state.usage)
             send.send_nowait(final)
+        finally:
+            send.close()
 
     @staticmethod
     async def _watch_idle(state: _RunState, idle: float, scope: anyio.CancelScope) -> None:
@@ -141,7 +142,7 @@ class Runner:
         node: Node,
         state: _RunState,
         memory: Memory | None,
-        send: ObjectSendStream[Event],
+        send: Channel[Event],
         tg: TaskGroup,
     ) -> None:
         try:
@@ -180,7 +181,7 @@ class Runner:
         spec: LLMNodeSpec,
         state: _RunState,
         memory: Memory | None,
-        send: ObjectSendStream[Event],
+        send: Channel[Event],
     ) -> str:
         provider = self.registry.get(node.provider or self.registry.default)
         prompt = node.templates["prompt"].render(state.values)

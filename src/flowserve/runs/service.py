@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from anyio.abc import ObjectReceiveStream
 
 from flowserve.auth import Principal
 from flowserve.events import Event, NodeDelta, RunFinished
@@ -26,6 +25,7 @@ from flowserve.flows.loader import parse_flow_data, spec_from_data
 from flowserve.logs import run_id_var
 from flowserve.providers.base import Message
 from flowserve.providers.registry import ProviderRegistry
+from flowserve.runs._channel import Channel
 from flowserve.runs.runner import Runner
 from flowserve.store.database import utcnow
 from flowserve.store.flows import FlowStore, StoredFlow
@@ -114,7 +114,7 @@ class Run:
         self.stopped: tuple[str, str] | None = None  # (error, error_type) when stopped
         self.insert_scope: anyio.CancelScope | None = None  # waiting to record RUNNING
         self.pending_record: dict[str, Any] | None = None  # not recorded yet: write once
-        self._stream: ObjectReceiveStream[Event] | None = None
+        self._stream: Channel[Event] | None = None
 
     def output_text(self, out_id: str) -> str:
         source = self.flow.outputs[out_id]
@@ -144,14 +144,11 @@ class Run:
     def receive_nowait(self) -> list[Event]:
         """The events already waiting, without blocking (used to coalesce)."""
         assert self._stream is not None
-        out: list[Event] = []
-        try:
-            while True:
-                event = self._stream.receive_nowait()
-                self._observe(event)
-                out.append(event)
-        except (anyio.WouldBlock, anyio.EndOfStream):
-            return out
+        events = self._stream.drain()
+        observe = self._observe
+        for event in events:
+            observe(event)
+        return events
 
 
 SHUTDOWN = ("server shutting down", "shutdown")  # why runs are stopped at the end of a drain
