@@ -111,3 +111,33 @@ async def test_node_failure_names_the_node_and_cancels_the_rest():
     assert final.error is not None and "bad" in final.error and "scripted failure" in final.error
     completed = {e.node_id for e in seen if isinstance(e, NodeCompleted)}
     assert completed == set()
+
+
+async def test_per_node_time_limits():
+    f = flow("""
+        id: slow
+        inputs: {in-0: {}}
+        nodes:
+          late: {type: llm, provider: scripted, model: "echo?first_delay=2", prompt: "{in-0}",
+                 first_token_timeout: 0.2}
+          long: {type: llm, provider: scripted, model: "echo?delay=0.1", prompt: "{in-0}",
+                 timeout: 0.35}
+        outputs: {out-0: late, out-1: long}
+    """)
+    seen = [e for _, e in await collect(f, {"in-0": "a b c d e f g h"})]
+    final = seen[-1]
+    assert isinstance(final, RunFinished) and final.state == "FAILED"
+    assert final.node_id == "late" and "no first token within 0.2s" in final.error
+    seen = [
+        e
+        for _, e in await collect(
+            flow(
+                f.spec.model_dump_json().replace(
+                    '"first_token_timeout":0.2', '"first_token_timeout":null'
+                )
+            ),
+            {"in-0": "a b c d e f g h"},
+        )
+    ]
+    final = seen[-1]
+    assert final.node_id == "long" and "did not complete within 0.35s" in final.error

@@ -33,6 +33,10 @@ class LLMNodeSpec(_Strict):
     memory: MemorySpec | None = None
     api_key_env: str | None = None
     base_url: str | None = None
+    # Per-node time limits in seconds (the server's first_token_timeout / node_timeout
+    # otherwise): until the first token, and for the whole call.
+    first_token_timeout: float | None = Field(default=None, gt=0, le=3600)
+    timeout: float | None = Field(default=None, gt=0, le=86400)
     # Generation options. Which ones a provider supports is checked against its Options.
     max_tokens: int | None = None
     temperature: float | None = None

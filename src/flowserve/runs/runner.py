@@ -15,6 +15,7 @@ part lists, plus nodes done) with the last one it saw.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -202,9 +203,16 @@ class Runner:
         parts: list[str] = []
         node_id = node.id
         state.parts[node_id] = parts
-        stream = resilient_stream(provider, request, self.policy)
+        policy = self.policy
+        if spec.first_token_timeout is not None or spec.timeout is not None:
+            policy = replace(
+                policy,
+                ttft_timeout=spec.first_token_timeout or policy.ttft_timeout,
+                total_timeout=spec.timeout or policy.total_timeout,
+            )
+        stream = resilient_stream(provider, request, policy)
         try:
-            with total_time_limit(self.policy, provider.name):
+            with total_time_limit(policy, provider.name):
                 async for chunk in stream:
                     parts.append(chunk)
                     send.send_nowait(NodeDelta(node_id, chunk))
