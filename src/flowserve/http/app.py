@@ -19,6 +19,8 @@ from flowserve.http import errors
 from flowserve.http.access import AccessLog
 from flowserve.http.cors import Preflight
 from flowserve.http.limits import RequestSizeGuard
+from flowserve.http.metrics import registry_for
+from flowserve.http.metrics import router as metrics_router
 from flowserve.http.openapi import document_errors
 from flowserve.http.routes_flows import router as flows_router
 from flowserve.http.routes_run import router as run_router
@@ -40,6 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # and at each heartbeat; ours still RUNNING at the end are CANCELLED.
             async with state.instances.alive(*SHUTDOWN):
                 app.state.flowserve = state
+                app.state.metrics = registry_for(state.runs)
                 if settings.warm_up:
                     await state.warm_up()
                 yield
@@ -58,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(run_router)
     app.include_router(stop_router)
     app.include_router(flows_router)
+    app.include_router(metrics_router)
     # add_middleware puts each outside the ones before it.
     app.add_middleware(DrainGate)
     app.add_middleware(Preflight)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -173,6 +174,9 @@ class RunService:
         # written once, with its outcome (half the writes at low load). Crash safety covers
         # runs older than this; a younger one killed with the process leaves no record.
         self.record_delay = record_delay
+        # Plain counters read by /metrics at scrape time (flowserve.http.metrics).
+        self.finished: Counter[str] = Counter()  # runs by final state
+        self.tokens: Counter[tuple[str, str]] = Counter()  # (provider, kind) -> tokens
         # Graceful shutdown (flowserve.http.shutdown): while draining, no new run is admitted;
         # once closed, the runs left are stopped, and so is any that still starts.
         self.drain_deadline: float | None = None
@@ -295,12 +299,22 @@ class RunService:
             except Exception:
                 log.exception("could not record the start of run %s", record["id"])
 
+    def _count(self, run: Run, state: str) -> None:
+        self.finished[state] += 1
+        nodes = run.flow.nodes
+        for node_id, usage in run.usage.items():
+            provider = nodes[node_id].provider or "default"
+            for kind in ("prompt_tokens", "completion_tokens"):
+                if usage.get(kind):
+                    self.tokens[(provider, kind)] += usage[kind]
+
     async def _record(self, run: Run) -> None:
         error, error_type = run.stopped or ("run cancelled", "cancelled")
         final = run.final or RunFinished(
             CANCELLED, error=error, error_type=error_type, usage=run.usage
         )
         run.final = final
+        self._count(run, final.state)
         outcome = {
             "state": final.state,
             "outputs": run.outputs(),
