@@ -27,10 +27,12 @@ if command -v redis-server >/dev/null 2>&1 && ! redis-cli -h 127.0.0.1 ping >/de
 fi
 
 .venv/bin/ruff check src tests bench
-.venv/bin/python -m pytest "$@"
 
 # In CI, also the soak test (bench/soak.py): a real server under good, malformed, oversized,
 # wrong-key and disconnecting clients for 45 s; it fails on any 5xx or run left RUNNING.
+# It runs first so that pytest's summary stays the last line of the log.
 if [ "${CI:-}" = "true" ]; then
   .venv/bin/python bench/soak.py --seconds 45
 fi
+
+.venv/bin/python -m pytest "$@"
