@@ -7,12 +7,23 @@ wins; deltas are concatenated). Frames are encoded once, with orjson, straight t
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
 
 from flowserve.events import Event, NodeCompleted, NodeDelta, NodeStarted, RunFinished
 from flowserve.runs.service import Run
+
+# JSON may hold U+0085, U+2028 and U+2029 raw in strings, but line readers split on them
+# (Python's str.splitlines, httpx's iter_lines, which the Python client uses): escaped, every
+# frame stays one line. In UTF-8 these byte sequences can be nothing else.
+_LINE_BREAKS = re.compile(rb"\xc2\x85|\xe2\x80[\xa8\xa9]")
+_ESCAPES = {b"\xc2\x85": b"\\u0085", b"\xe2\x80\xa8": b"\\u2028", b"\xe2\x80\xa9": b"\\u2029"}
+
+
+def _escape_break(match: re.Match[bytes]) -> bytes:
+    return _ESCAPES[match.group()]
 
 
 class Encoder:
@@ -31,6 +42,8 @@ class Encoder:
 
     def frame(self, payload: dict[str, Any]) -> bytes:
         data = orjson.dumps(payload)
+        if _LINE_BREAKS.search(data) is not None:
+            data = _LINE_BREAKS.sub(_escape_break, data)
         if not self.sse:
             return data + b"\n"
         self.seq += 1

@@ -60,7 +60,8 @@ class ScriptedProvider(Provider):
         if params.get("history") == "1":
             source = " | ".join(m.content for m in request.messages)
         else:
-            source = params.get("text", request.messages[-1].content).replace("+", " ")
+            # parse_qs already turned a "+" of ``text=`` into a space; the prompt is as given.
+            source = params.get("text", request.messages[-1].content)
         words = source.split(" ") * int(float(params.get("repeat", 1)))
         limit = request.options.get("max_tokens")
         if limit is not None:
