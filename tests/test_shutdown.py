@@ -263,3 +263,24 @@ async def _pg(statement: str) -> None:
         await admin.execute(statement)
     finally:
         await admin.close()
+
+
+def test_a_run_whose_client_hangs_up_at_once_is_still_recorded(tmp_path: Path):
+    # Found by the soak test: a run whose client left within record_delay (before its
+    # RUNNING record was due) was cancelled with the record's task and never written.
+    server = start_server(tmp_path)
+    try:
+        assert server.publish(SLOW).status_code == 201
+        url = f"{server.base_url}/inference/v0/stream/{server.org}/slow"
+        run_ids = []
+        for _ in range(5):
+            with httpx.stream("POST", url, headers=server.auth(), json={}, timeout=30) as r:
+                run_ids.append(json.loads(next(r.iter_lines()))["run_id"])
+        deadline = time.monotonic() + 10
+        while any(
+            rows(tmp_path / "flowserve.db").get(i, {}).get("state") != "CANCELLED" for i in run_ids
+        ):
+            assert time.monotonic() < deadline, rows(tmp_path / "flowserve.db")
+            time.sleep(0.1)
+    finally:
+        stop_server(server)

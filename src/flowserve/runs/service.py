@@ -286,13 +286,17 @@ class RunService:
 
     async def _insert(self, run: Run, record: dict[str, Any]) -> None:
         if self.record_delay > 0:
+            # Until the delay is over, _record writes the whole record once. Set before
+            # waiting: a cancellation from outside (the client hung up, so the task group is
+            # cancelled) ends this task here, and the run must still be recorded.
+            run.pending_record = record
             with anyio.CancelScope() as scope:
                 run.insert_scope = scope
                 await anyio.sleep(self.record_delay)
             run.insert_scope = None
             if scope.cancelled_caught:  # the run ended first: _record writes it once
-                run.pending_record = record
                 return
+            run.pending_record = None
         with anyio.CancelScope(shield=True):
             try:
                 await self.runs.start(record)
