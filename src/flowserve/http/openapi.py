@@ -53,7 +53,7 @@ def statuses(method: str, path: str) -> tuple[int, ...]:
     """The error statuses a route may answer."""
     if path == "/healthz":
         return (*EVERY, 503)
-    if path in ("/openapi.json", "/docs", "/redoc"):
+    if path in ("/metrics", "/openapi.json", "/docs", "/redoc"):  # no key needed
         return EVERY
     if method == "post" and path.startswith("/v1/"):
         return (*AUTHENTICATED, 413)
