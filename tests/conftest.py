@@ -143,3 +143,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield srv
     finally:
         stop_server(srv)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # llama_cpp._utils opens two /dev/null files at import and never closes them, which
+    # prints a ResourceWarning at interpreter exit (after pytest's summary line).
+    import sys as _sys
+
+    utils = _sys.modules.get("llama_cpp._utils")
+    for name in ("outnull_file", "errnull_file"):
+        handle = getattr(utils, name, None)
+        if handle is not None:
+            handle.close()

@@ -208,3 +208,9 @@ class LocalProvider(Provider):
 
     async def aclose(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        for pool in self._pools.values():  # free the contexts (and the files llama.cpp holds)
+            while not pool.free.empty():
+                llm = pool.free.get_nowait()
+                close = getattr(llm, "close", None)
+                if close is not None:
+                    close()
