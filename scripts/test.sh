@@ -27,6 +27,8 @@ if command -v redis-server >/dev/null 2>&1 && ! redis-cli -h 127.0.0.1 ping >/de
 fi
 
 .venv/bin/ruff check src tests bench
+.venv/bin/ruff format --check src tests bench
+.venv/bin/mypy src
 
 # In CI, also the soak test (bench/soak.py): a real server under good, malformed, oversized,
 # wrong-key and disconnecting clients for 45 s; it fails on any 5xx or run left RUNNING.

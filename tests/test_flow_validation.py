@@ -157,7 +157,8 @@ def test_inputs_take_defaults_and_required_ones_are_enforced():
 
 
 def test_a_flow_file_cannot_send_server_keys_to_a_host_of_its_choosing():
-    found = dict(problems("""
+    found = dict(
+        problems("""
         id: f
         nodes:
           a: {type: llm, provider: openai, base_url: "https://attacker.example/v1", prompt: "x"}
@@ -165,7 +166,8 @@ def test_a_flow_file_cannot_send_server_keys_to_a_host_of_its_choosing():
           c: {type: llm, provider: openai, base_url: "http://127.0.0.1.attacker.example/v1",
               prompt: "x"}
         outputs: {out-0: a, out-1: b, out-2: c}
-    """))
+    """)
+    )
     assert "not allowed" in found["nodes.a.base_url"]
     assert "not allowed" in found["nodes.b.api_key_env"]
     assert "not allowed" in found["nodes.c.base_url"]

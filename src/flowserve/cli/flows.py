@@ -46,7 +46,7 @@ def publish(
     text = _read(path)
     settings = settings_from(config, database_url)
 
-    async def go():  # type: ignore[no-untyped-def]
+    async def go():
         async with local_state(settings) as state:
             return await state.flows.publish(org, text)
 
@@ -80,7 +80,7 @@ def list_(
     """List published flows with their latest version."""
     settings = settings_from(config, database_url)
 
-    async def go():  # type: ignore[no-untyped-def]
+    async def go():
         async with local_state(settings) as state:
             return await state.flows.store.list(org)
 

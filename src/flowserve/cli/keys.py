@@ -55,7 +55,7 @@ def list_(
     """List keys (ids only: secrets are never stored)."""
     settings = settings_from(config, database_url)
 
-    async def go():  # type: ignore[no-untyped-def]
+    async def go():
         async with local_state(settings) as state:
             return await state.keys.list_keys(org)
 

@@ -144,9 +144,7 @@ def _check_llm(
         problems.append((f"{loc}.model", problem))
     if spec.base_url is not None and (bad := registry.policy.base_url_problem(spec.base_url)):
         problems.append((f"{loc}.base_url", bad))
-    if spec.api_key_env is not None and (
-        bad := registry.policy.key_env_problem(spec.api_key_env)
-    ):
+    if spec.api_key_env is not None and (bad := registry.policy.key_env_problem(spec.api_key_env)):
         problems.append((f"{loc}.api_key_env", bad))
     options: dict[str, Any] = {}
     try:

@@ -8,7 +8,7 @@ wins; deltas are concatenated). Frames are encoded once, with orjson, straight t
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -61,14 +61,15 @@ class Encoder:
         for event in events:
             kind = type(event)
             if kind is NodeDelta:
-                outs = self.node_outputs.get(event.node_id)  # type: ignore[union-attr]
+                delta = cast(NodeDelta, event)
+                outs = self.node_outputs.get(delta.node_id)
                 if outs:
                     changed = True
                     if self.delta:
-                        for out in outs:
-                            self.pending.setdefault(out, []).append(event.text)  # type: ignore[union-attr]
+                        for out_id in outs:
+                            self.pending.setdefault(out_id, []).append(delta.text)
             elif kind is RunFinished:
-                final = event  # type: ignore[assignment]
+                final = cast(RunFinished, event)
             elif kind is NodeStarted or kind is NodeCompleted:
                 self.progress_changed = True
         out = b""

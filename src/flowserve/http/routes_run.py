@@ -81,7 +81,7 @@ def _streaming(
     delta: bool,
     sse: bool,
 ) -> Response:
-    def start():  # type: ignore[no-untyped-def]
+    def start():
         return state.runs.execute(caller.principal, loaded, inputs, user_id)
 
     encoder_cls = LegacyEncoder if legacy else EnvelopeEncoder

@@ -157,7 +157,7 @@ class OpenAIProvider(Provider):
             # The SDK builds, authenticates and sends the request and maps HTTP errors; the
             # body is read raw and parsed with orjson, because the SDK's per-chunk pydantic
             # objects were the largest cost in the relay profile (bench/RESULTS.md).
-            response = await client.post(
+            response: Any = await client.post(
                 "/chat/completions", cast_to=_response_class(client), body=params, stream=True
             )
             state["connected"] = True
@@ -264,7 +264,7 @@ def _http_module() -> Any:
 def _response_class(client: Any) -> type:
     """Asking the SDK for its transport's Response as ``cast_to`` makes ``post`` hand back the
     raw streaming response."""
-    return _http_module().Response  # type: ignore[no-any-return]
+    return _http_module().Response
 
 
 class OpenAICompatibleProvider(OpenAIProvider):

@@ -32,10 +32,7 @@ class EndpointPolicy:
             prefix = prefix.rstrip("/")
             if url == prefix or url.startswith((prefix + "/", prefix + ":")):
                 return None
-        return (
-            f"base_url {url!r} is not allowed by this server "
-            "(settings: allowed_base_urls)"
-        )
+        return f"base_url {url!r} is not allowed by this server (settings: allowed_base_urls)"
 
     def key_env_problem(self, name: str) -> str | None:
         if any(fnmatchcase(name, pattern) for pattern in self.allowed_key_envs):

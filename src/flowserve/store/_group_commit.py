@@ -14,10 +14,10 @@ Written by hand because no library batches SQLAlchemy writes adaptively like thi
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 import anyio
-from sqlalchemy import bindparam
+from sqlalchemy import Table, bindparam
 
 from flowserve.store.database import Database
 from flowserve.store.models import Run
@@ -69,7 +69,7 @@ class RunWriter:
             else:
                 updates.append(values)
         self.batches += 1
-        table = Run.__table__
+        table = cast(Table, Run.__table__)
         async with self.db.engine.begin() as conn:
             # Core statements, not the ORM: the ORM's unit of work cost more CPU on the event
             # loop than the write itself. executemany wants the same keys in every row.
