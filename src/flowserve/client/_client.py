@@ -81,17 +81,27 @@ class _Base:
         self.org = org
         self.headers = {"Authorization": f"Bearer {api_key}"}
 
-    def _body(self, inputs: Mapping[str, str], user_id: str | None) -> bytes:
+    def _request(
+        self,
+        route: str,
+        flow_id: str,
+        inputs: Mapping[str, str],
+        user_id: str | None,
+        version: int | None,
+    ) -> dict[str, Any]:
+        """The arguments of the httpx call for ``/inference/v0/{route}`` (run or stream)."""
         body = dict(inputs)
         if user_id is not None:
             body["user_id"] = user_id
-        return orjson.dumps(body)
-
-    def _params(self, version: int | None, **extra: str) -> dict[str, str]:
-        params = dict(extra)
+        params = {"delta": "false", "sse": "false"} if route == "stream" else {}
         if version is not None:
             params["version"] = str(version)
-        return params
+        return {
+            "url": f"{self.base_url}/inference/v0/{route}/{self.org}/{flow_id}",
+            "content": orjson.dumps(body),
+            "params": params,
+            "headers": {"Content-Type": "application/json"},
+        }
 
 
 class Client(_Base):
@@ -117,12 +127,7 @@ class Client(_Base):
         user_id: str | None = None,
         version: int | None = None,
     ) -> dict[str, str]:
-        r = self._http.post(
-            f"{self.base_url}/inference/v0/run/{self.org}/{flow_id}",
-            content=self._body(inputs, user_id),
-            params=self._params(version),
-            headers={"Content-Type": "application/json"},
-        )
+        r = self._http.post(**self._request("run", flow_id, inputs, user_id, version))
         _raise_for(r, r.content)
         update = _update(r.json())
         _check_final(update)
@@ -136,13 +141,8 @@ class Client(_Base):
         user_id: str | None = None,
         version: int | None = None,
     ) -> Iterator[Update]:
-        with self._http.stream(
-            "POST",
-            f"{self.base_url}/inference/v0/stream/{self.org}/{flow_id}",
-            content=self._body(inputs, user_id),
-            params=self._params(version, delta="false", sse="false"),
-            headers={"Content-Type": "application/json"},
-        ) as r:
+        request = self._request("stream", flow_id, inputs, user_id, version)
+        with self._http.stream("POST", **request) as r:
             if r.status_code >= 400:
                 _raise_for(r, r.read())
             for line in r.iter_lines():
@@ -184,12 +184,7 @@ class AsyncClient(_Base):
         user_id: str | None = None,
         version: int | None = None,
     ) -> dict[str, str]:
-        r = await self._http.post(
-            f"{self.base_url}/inference/v0/run/{self.org}/{flow_id}",
-            content=self._body(inputs, user_id),
-            params=self._params(version),
-            headers={"Content-Type": "application/json"},
-        )
+        r = await self._http.post(**self._request("run", flow_id, inputs, user_id, version))
         _raise_for(r, r.content)
         update = _update(r.json())
         _check_final(update)
@@ -203,13 +198,8 @@ class AsyncClient(_Base):
         user_id: str | None = None,
         version: int | None = None,
     ) -> AsyncIterator[Update]:
-        async with self._http.stream(
-            "POST",
-            f"{self.base_url}/inference/v0/stream/{self.org}/{flow_id}",
-            content=self._body(inputs, user_id),
-            params=self._params(version, delta="false", sse="false"),
-            headers={"Content-Type": "application/json"},
-        ) as r:
+        request = self._request("stream", flow_id, inputs, user_id, version)
+        async with self._http.stream("POST", **request) as r:
             if r.status_code >= 400:
                 _raise_for(r, await r.aread())
             async for line in r.aiter_lines():

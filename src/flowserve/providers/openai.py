@@ -158,7 +158,7 @@ class OpenAIProvider(Provider):
             # body is read raw and parsed with orjson, because the SDK's per-chunk pydantic
             # objects were the largest cost in the relay profile (bench/RESULTS.md).
             response: Any = await client.post(
-                "/chat/completions", cast_to=_response_class(client), body=params, stream=True
+                "/chat/completions", cast_to=_http_module().Response, body=params, stream=True
             )
             state["connected"] = True
             try:
@@ -249,7 +249,8 @@ class OpenAIProvider(Provider):
 
 @functools.cache
 def _http_module() -> Any:
-    """The SDK's HTTP library: ``httpx`` before openai 3.0, ``httpx2`` since."""
+    """The SDK's HTTP library: ``httpx`` before openai 3.0, ``httpx2`` since. Its Response
+    class as ``cast_to`` makes ``post`` hand back the raw streaming response."""
     import importlib
 
     import openai
@@ -259,12 +260,6 @@ def _http_module() -> Any:
         if package.startswith("httpx"):
             return importlib.import_module(package)
     raise RuntimeError("cannot find the openai SDK's HTTP library")
-
-
-def _response_class(client: Any) -> type:
-    """Asking the SDK for its transport's Response as ``cast_to`` makes ``post`` hand back the
-    raw streaming response."""
-    return _http_module().Response
 
 
 class OpenAICompatibleProvider(OpenAIProvider):

@@ -46,12 +46,20 @@ class Memory(Protocol):
 class _RunState:
     __slots__ = ("done", "failure", "parts", "usage", "values")
 
-    def __init__(self, flow: Flow, inputs: Mapping[str, str], usage: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        flow: Flow,
+        inputs: Mapping[str, str],
+        usage: dict[str, Any],
+        parts: dict[str, list[str]],
+    ) -> None:
         self.values: dict[str, str] = dict(inputs)
         self.done = {node_id: anyio.Event() for node_id in flow.nodes}
         self.usage = usage
         self.failure: NodeError | RunTimeoutError | None = None
-        self.parts: dict[str, list[str]] = {}  # each LLM node's token list, for the watchdog
+        self.parts = parts  # each node's text so far, in pieces (the watchdog counts them)
+        for node_id in flow.nodes:
+            parts.setdefault(node_id, [])
 
     def progress(self) -> int:
         return sum(map(len, self.parts.values())) + sum(e.is_set() for e in self.done.values())
@@ -77,14 +85,19 @@ class Runner:
         inputs: Mapping[str, str],
         memory: Memory | None = None,
         usage: dict[str, Any] | None = None,
+        parts: dict[str, list[str]] | None = None,
     ) -> AsyncIterator[Channel[Event]]:
         """Start the run; yield its event stream. Leaving the block cancels what is left.
 
-        ``usage`` (node id -> token counts) is filled in as nodes finish or are cancelled, so
-        the caller has it even for a run that never reached its RunFinished event."""
+        ``usage`` (node id -> token counts) is filled in as nodes finish or are cancelled, and
+        ``parts`` (node id -> the pieces of text it produced) as text arrives, so the caller
+        has both even for a run that never reached its RunFinished event, without keeping a
+        copy of every token itself."""
         channel: Channel[Event] = Channel()
         async with anyio.create_task_group() as tg:
-            state = _RunState(flow, inputs, {} if usage is None else usage)
+            state = _RunState(
+                flow, inputs, {} if usage is None else usage, {} if parts is None else parts
+            )
             tg.start_soon(self._drive, flow, state, memory, channel)
             try:
                 yield channel
@@ -154,6 +167,7 @@ class Runner:
                 text = await self._llm(node, node.spec, state, memory, send)
             else:
                 text = node.templates["template"].render(state.values)
+                state.parts[node.id].append(text)
                 send.send_nowait(NodeDelta(node.id, text))
             state.values[node.id] = text
             send.send_nowait(NodeCompleted(node.id, text, state.usage.get(node.id)))
@@ -200,9 +214,8 @@ class Runner:
             api_key_env=spec.api_key_env,
             base_url=spec.base_url,
         )
-        parts: list[str] = []
         node_id = node.id
-        state.parts[node_id] = parts
+        parts = state.parts[node_id]
         policy = self.policy
         if spec.first_token_timeout is not None or spec.timeout is not None:
             policy = replace(

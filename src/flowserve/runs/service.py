@@ -106,7 +106,7 @@ class Run:
         self.flow = loaded.flow
         self.inputs = dict(inputs)
         self.user_id = user_id
-        self.parts: dict[str, list[str]] = {node_id: [] for node_id in self.flow.nodes}
+        self.parts: dict[str, list[str]] = {}  # filled by the runner as text arrives
         self.final: RunFinished | None = None
         self.usage: dict[str, Any] = {}
         self.first_token_at: Any = None
@@ -121,7 +121,7 @@ class Run:
         source = self.flow.outputs[out_id]
         if source in self.inputs:
             return self.inputs[source]
-        return "".join(self.parts[source])
+        return "".join(self.parts.get(source, ()))
 
     def outputs(self) -> dict[str, str]:
         return {out_id: self.output_text(out_id) for out_id in self.flow.outputs}
@@ -130,7 +130,6 @@ class Run:
         if type(event) is NodeDelta:
             if self.first_token_at is None:
                 self.first_token_at = utcnow()
-            self.parts[event.node_id].append(event.text)
         elif type(event) is RunFinished:
             self.final = event
 
@@ -229,7 +228,7 @@ class RunService:
                     self.running[run.id] = run
                     try:
                         async with self.runner.start(
-                            loaded.flow, inputs, memory, run.usage
+                            loaded.flow, inputs, memory, run.usage, run.parts
                         ) as events:
                             run._stream = events
                             if self.closed:  # slipped in after the drain: stop at once
