@@ -82,6 +82,14 @@ outputs: {{out-0: llm-0}}
 """
 
 
+SLOW_FLOW = """\
+id: long
+inputs: {in-0: {default: "x"}}
+nodes: {llm-0: {type: llm, provider: scripted, model: "echo?delay=0.05&repeat=400", prompt: "{in-0}"}}
+outputs: {out-0: llm-0}
+"""
+
+
 @pytest.fixture(scope="module")
 def traffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), EchoingUpstream)
@@ -111,7 +119,10 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
     )
     try:
         srv.publish_file("echo.yaml")
-        srv.publish_file("long.yaml")
+        # Long enough to be stopped or left mid-stream, whatever the machine's load (the
+        # embedded model at temperature 0.8 sometimes ended its story first).
+        r = srv.publish(SLOW_FLOW)
+        assert r.status_code == 201, r.text
         for flow_id, model in (("auth", "auth-echo"), ("boom", "boom-echo"), ("mid", "mid")):
             r = srv.publish(cloud_flow(flow_id, model, port))
             assert r.status_code == 201, r.text

@@ -67,6 +67,7 @@ class RecordedRequest:
     headers: dict[str, str]
     body: Any
     at: float  # time.monotonic()
+    peer: tuple[str, int] | None = None  # the client's address: which connection it came on
 
 
 class FakeServer:
@@ -110,7 +111,10 @@ class FakeServer:
             body = json.loads(raw) if raw else None
         except ValueError:
             body = raw
-        request = RecordedRequest(scope["method"], scope["path"], headers, body, time.monotonic())
+        peer = tuple(scope["client"]) if scope.get("client") else None
+        request = RecordedRequest(
+            scope["method"], scope["path"], headers, body, time.monotonic(), peer
+        )
         self.requests.append(request)
         try:
             await self.handle(request, receive, send)

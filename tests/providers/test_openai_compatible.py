@@ -13,7 +13,7 @@ from flowserve.errors import (
     ProviderUpstreamError,
 )
 from flowserve.providers.base import ProviderEnv
-from flowserve.providers.openai import OpenAICompatibleProvider
+from flowserve.providers.openai_compatible import OpenAICompatibleProvider
 
 pytestmark = pytest.mark.anyio
 
@@ -204,3 +204,59 @@ async def test_base_url_is_required(openai_fake: OpenAIFake) -> None:
         await collect(provider.stream(make_request("m")))
 
     assert openai_fake.requests == []
+
+
+async def test_finished_streams_reuse_one_connection(openai_fake: OpenAIFake) -> None:
+    openai_fake.configure("vllm", api_key=None)
+    openai_fake.script(*[Scenario(tokens=["a", "b"]) for _ in range(3)])
+    provider = compatible(openai_fake)
+    try:
+        for _ in range(3):
+            assert await collect(provider.stream(make_request("m"))) == ["a", "b"]
+    finally:
+        await provider.aclose()
+
+    peers = {r.peer for r in openai_fake.requests}
+    assert len(openai_fake.requests) == 3 and len(peers) == 1, peers
+
+
+async def test_a_cancelled_stream_does_not_leave_its_connection_for_the_next(
+    openai_fake: OpenAIFake,
+) -> None:
+    openai_fake.configure("vllm", api_key=None)
+    openai_fake.script(
+        Scenario(tokens=[f"t{i} " for i in range(500)], gap=0.05), Scenario(tokens=["ok"])
+    )
+    provider = compatible(openai_fake)
+    try:
+        await cancel_after(provider.stream(make_request("m")), 2)
+        # The cancelled response was mid-body: reusing its connection would read its tail.
+        assert await collect(provider.stream(make_request("m"))) == ["ok"]
+    finally:
+        await provider.aclose()
+
+    first, second = openai_fake.requests
+    assert first.peer != second.peer
+
+
+async def test_proxy_from_the_environment_unless_no_proxy(
+    openai_fake: OpenAIFake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    openai_fake.configure("vllm", api_key=None)
+    # A proxy that refuses connections: a request sent through it fails to connect.
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    provider = compatible(openai_fake)
+    try:
+        with pytest.raises(ProviderUpstreamError, match="could not connect"):
+            await collect(provider.stream(make_request("m")))
+        assert openai_fake.requests == []
+    finally:
+        await provider.aclose()
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    provider = compatible(openai_fake)
+    try:
+        assert await collect(provider.stream(make_request("m")))
+    finally:
+        await provider.aclose()
+    assert len(openai_fake.requests) == 1

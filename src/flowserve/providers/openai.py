@@ -1,8 +1,10 @@
-"""OpenAI Chat Completions, and any server that speaks it (``openai-compatible``).
+"""OpenAI Chat Completions: the protocol, and the OpenAI provider.
 
-The protocol (how to speak chat completions) is :class:`OpenAIProvider`; the compatible
-provider only changes *where* and *with which key*, and which name ``max_tokens`` travels
-under. Both stream through the official ``openai`` SDK, imported lazily.
+The protocol (how to speak chat completions: the request body, the SSE chunks, usage, the end
+marker) is :class:`OpenAIProvider`; ``openai-compatible``
+(:mod:`flowserve.providers.openai_compatible`) changes *where*, *with which key*, which name
+``max_tokens`` travels under and how the bytes travel (:meth:`OpenAIProvider._send`). OpenAI
+itself is reached through the official ``openai`` SDK, imported lazily.
 
 Non-obvious choices:
 
@@ -33,7 +35,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
@@ -149,20 +151,14 @@ class OpenAIProvider(Provider):
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
         api_key = self._api_key(request)  # before any network call
-        client = self._client(self._base_url(request), api_key)
+        base_url = self._base_url(request)
         params = self._params(request)
         finished = False
         usage = request.usage
         with self._map_errors(api_key) as state:
-            # The SDK builds, authenticates and sends the request and maps HTTP errors; the
-            # body is read raw and parsed with orjson, because the SDK's per-chunk pydantic
-            # objects were the largest cost in the relay profile (bench/RESULTS.md).
-            response: Any = await client.post(
-                "/chat/completions", cast_to=_http_module().Response, body=params, stream=True
-            )
-            state["connected"] = True
-            try:
-                events = sse_data(response.aiter_bytes())
+            async with self._send(base_url, api_key, params) as body:
+                state["connected"] = True
+                events = sse_data(body)
                 async for data in events:
                     if data.startswith(b"[DONE]"):
                         # Read the (empty) rest of the body, so that the connection goes
@@ -189,11 +185,26 @@ class OpenAIProvider(Provider):
                             yield text
                         if choice.get("finish_reason"):
                             finished = True
-            finally:
-                with anyio.move_on_after(_CLOSE_GRACE, shield=True):
-                    await response.aclose()
         if not finished:
             raise ProviderTruncatedError(_upstream.TRUNCATED, provider=self.name)
+
+    @asynccontextmanager
+    async def _send(
+        self, base_url: str, api_key: str, params: dict[str, Any]
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """POST the request; yield the raw body, once the response status was 2xx."""
+        client = self._client(base_url, api_key)
+        # The SDK builds, authenticates and sends the request and maps HTTP errors; the
+        # body is read raw and parsed with orjson, because the SDK's per-chunk pydantic
+        # objects were the largest cost in the relay profile (bench/RESULTS.md).
+        response: Any = await client.post(
+            "/chat/completions", cast_to=_http_module().Response, body=params, stream=True
+        )
+        try:
+            yield response.aiter_bytes()
+        finally:
+            with anyio.move_on_after(_CLOSE_GRACE, shield=True):
+                await response.aclose()
 
     def _stream_error(self, error: Any, api_key: str) -> ProviderError:
         """``data: {"error": {...}}`` inside a 200 stream (OpenAI, vLLM, llama.cpp)."""
@@ -260,29 +271,3 @@ def _http_module() -> Any:
         if package.startswith("httpx"):
             return importlib.import_module(package)
     raise RuntimeError("cannot find the openai SDK's HTTP library")
-
-
-class OpenAICompatibleProvider(OpenAIProvider):
-    """Any server speaking chat completions: vLLM, llama.cpp's ``llama-server``, Ollama…
-
-    ``base_url`` comes from the node or from the provider settings (``base_url``). A key is
-    optional: the node's ``api_key_env`` (or the settings' ``api_key_env``) names one, and
-    without either a placeholder is sent, as these servers usually ignore it.
-    """
-
-    name = "openai-compatible"
-    default_model = None
-    default_key_env = None
-    _max_tokens_param = "max_tokens"
-
-    def key_env(self, api_key_env: str | None) -> str | None:
-        return api_key_env or self.env.settings.get("api_key_env")
-
-    def _base_url(self, request: LLMRequest) -> str:
-        base_url = request.base_url or self.env.settings.get("base_url")
-        if not base_url:
-            raise ProviderBadRequestError(
-                "no base_url: set it on the node or in the openai-compatible provider settings",
-                provider=self.name,
-            )
-        return str(base_url)
