@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import anyio
 import pytest
 from tests.fakes import OpenAIFake, Scenario
 from tests.providers._support import MULTIBYTE, cancel_after, collect, make_request, wait_until
@@ -260,3 +266,81 @@ async def test_proxy_from_the_environment_unless_no_proxy(
     finally:
         await provider.aclose()
     assert len(openai_fake.requests) == 1
+
+
+def _sse_body(tokens: list[str]) -> bytes:
+    events = [{"choices": [{"index": 0, "delta": {"content": t}}]} for t in tokens]
+    events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    return b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events)
+
+
+@asynccontextmanager
+async def _raw_server(
+    answer: Callable[[asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[OpenAICompatibleProvider]:
+    """A bare HTTP server on a socket (``answer`` writes whatever bytes the test wants), and
+    a provider pointed at it."""
+    writers: list[asyncio.StreamWriter] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        while not writer.is_closing():
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return  # the client closed the connection
+            await answer(writer)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    provider = OpenAICompatibleProvider(
+        ProviderEnv(environ={}, settings={"base_url": f"http://127.0.0.1:{port}/v1"})
+    )
+    try:
+        yield provider
+    finally:
+        await provider.aclose()
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_body_that_ends_when_the_server_closes() -> None:
+    """No Content-Length, not chunked: the body ends with the connection (HTTP/1.0 style)."""
+
+    async def answer(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n")
+        writer.write(_sse_body(["a", "b"]))
+        await writer.drain()
+        writer.close()
+
+    async with _raw_server(answer) as provider:
+        for _ in range(2):  # the second one on a new connection
+            assert await collect(provider.stream(make_request("m"))) == ["a", "b"]
+
+
+async def test_a_server_that_closes_idle_connections() -> None:
+    async def answer(writer: asyncio.StreamWriter) -> None:
+        body = _sse_body(["ok"])
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.close()  # its keep-alive timeout, after the answer
+
+    async with _raw_server(answer) as provider:
+        for _ in range(3):
+            assert await collect(provider.stream(make_request("m"))) == ["ok"]
+            await asyncio.sleep(0.1)
+
+
+async def test_a_response_that_is_not_http_is_an_upstream_error() -> None:
+    async def answer(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n")
+        await writer.drain()
+
+    async with _raw_server(answer) as provider:
+        with pytest.raises(ProviderUpstreamError), anyio.fail_after(5):
+            await collect(provider.stream(make_request("m")))
