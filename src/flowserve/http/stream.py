@@ -3,9 +3,9 @@
 Written as a raw ASGI response rather than Starlette's StreamingResponse because we need three
 things it does not do together: (1) adaptive coalescing — write each batch as soon as the
 socket takes it, and while a write is blocked on a slow client let events pile up and merge
-them into the next frame; (2) a keepalive comment line when nothing was written for a while;
-(3) one task listening for ``http.disconnect`` that cancels the run, instead of polling
-``request.is_disconnected()`` per event.
+them into the next frame; (2) a keepalive comment line when nothing was written for a
+while; (3) a task listening for ``http.disconnect`` that cancels the run, instead of polling
+``request.is_disconnected()`` per event. (2) and (3) are the same task.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -66,10 +67,9 @@ class RunStreamResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._send = send
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        self._last_write = time.monotonic()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watch_disconnect, receive, tg.cancel_scope)
-            if self.sse:
-                tg.start_soon(self._keepalive)
+            tg.start_soon(self._watch, receive, tg.cancel_scope)
             await self._relay()
             tg.cancel_scope.cancel()
         # The client may be gone; ending the body then is harmless.
@@ -103,17 +103,20 @@ class RunStreamResponse(Response):
         if encoder is not None and self.run is not None and self.run.final is not None:
             await self._write(encoder.batch([self.run.final]) or b"")
 
-    async def _keepalive(self) -> None:
-        interval = self.keepalive_interval
+    async def _watch(self, receive: Receive, scope: anyio.CancelScope) -> None:
+        """Wait for ``http.disconnect`` and cancel the run when it comes; meanwhile (SSE
+        only) write a keepalive comment whenever nothing was written for the interval. One
+        task for both: a second task per stream cost memory and a wake-up per interval."""
+        interval = self.keepalive_interval if self.sse else math.inf
         while True:
-            await anyio.sleep(interval - (time.monotonic() - self._last_write) % interval)
-            if time.monotonic() - self._last_write >= interval * 0.99:
+            quiet = time.monotonic() - self._last_write
+            if quiet >= interval * 0.99:
                 await self._write(KEEPALIVE)
-
-    async def _watch_disconnect(self, receive: Receive, scope: anyio.CancelScope) -> None:
-        while True:
-            message: Any = await receive()
-            if message["type"] == "http.disconnect":
+                continue
+            message: Any = None
+            with anyio.move_on_after(interval - quiet):
+                message = await receive()
+            if message is not None and message["type"] == "http.disconnect":
                 if self.run is not None:
                     run_id = self.run.id
                     log.info(

@@ -7,13 +7,15 @@ the node and the task group cancels everything else (upstream streams included, 
 provider closes its connection when its task is cancelled).
 
 Time limits (the flow's ``limits:``, else the server's defaults) cost nothing per token: the
-total is one deadline cancel scope around the nodes; the idle limit is a watchdog task that
-wakes a few times per limit and compares a progress count (tokens held by the LLM nodes'
-part lists, plus nodes done) with the last one it saw.
+total is one deadline cancel scope around the nodes; the idle limit is a loop timer (not a
+task: a task per held stream cost memory) that fires a few times per limit and compares a
+progress count (tokens held by the LLM nodes' part lists, plus nodes done) with the last one
+it saw.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -115,14 +117,15 @@ class Runner:
         timeout = limits.timeout if limits and limits.timeout else self.timeout
         idle = limits.idle_timeout if limits and limits.idle_timeout else self.idle_timeout
         try:
-            async with anyio.create_task_group() as watch:
-                with anyio.move_on_after(timeout) as deadline:
-                    if idle:
-                        watch.start_soon(self._watch_idle, state, idle, deadline)
+            with anyio.move_on_after(timeout) as deadline:
+                idle_timer = _IdleTimer(state, idle, deadline) if idle else None
+                try:
                     async with anyio.create_task_group() as tg:
                         for node_id in flow.order:
                             tg.start_soon(self._node, flow.nodes[node_id], state, memory, send, tg)
-                watch.cancel_scope.cancel()
+                finally:
+                    if idle_timer is not None:
+                        idle_timer.cancel()
             if deadline.cancelled_caught and state.failure is None:
                 state.failure = RunTimeoutError(f"run exceeded its time limit of {timeout:g}s")
             if state.failure is not None:
@@ -135,21 +138,6 @@ class Runner:
             send.send_nowait(final)
         finally:
             send.close()
-
-    @staticmethod
-    async def _watch_idle(state: _RunState, idle: float, scope: anyio.CancelScope) -> None:
-        interval = min(1.0, idle / 10)
-        seen, quiet_since = state.progress(), anyio.current_time()
-        while True:
-            await anyio.sleep(interval)
-            progress, now = state.progress(), anyio.current_time()
-            if progress != seen:
-                seen, quiet_since = progress, now
-            elif now - quiet_since >= idle:
-                if state.failure is None:
-                    state.failure = RunTimeoutError(f"no output for {idle:g}s")
-                scope.cancel()
-                return
 
     async def _node(
         self,
@@ -236,3 +224,31 @@ class Runner:
         if memory is not None and spec.memory is not None:
             await memory.append(node_id, prompt, text)
         return text
+
+
+class _IdleTimer:
+    """The idle limit, on the event loop's timers rather than a task per run: a few times per
+    limit, compare the progress count with the last one seen."""
+
+    __slots__ = ("handle", "idle", "interval", "loop", "quiet_since", "scope", "seen", "state")
+
+    def __init__(self, state: _RunState, idle: float, scope: anyio.CancelScope) -> None:
+        self.state, self.idle, self.scope = state, idle, scope
+        self.interval = min(1.0, idle / 10)
+        self.loop = asyncio.get_running_loop()
+        self.seen, self.quiet_since = state.progress(), self.loop.time()
+        self.handle = self.loop.call_later(self.interval, self._tick)
+
+    def _tick(self) -> None:
+        progress, now = self.state.progress(), self.loop.time()
+        if progress != self.seen:
+            self.seen, self.quiet_since = progress, now
+        elif now - self.quiet_since >= self.idle:
+            if self.state.failure is None:
+                self.state.failure = RunTimeoutError(f"no output for {self.idle:g}s")
+            self.scope.cancel()
+            return
+        self.handle = self.loop.call_later(self.interval, self._tick)
+
+    def cancel(self) -> None:
+        self.handle.cancel()

@@ -8,6 +8,7 @@ leaves early (client disconnect, stop).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -113,7 +114,6 @@ class Run:
         self.key_id: str | None = None  # the API key that started it (may stop it)
         self.recorded: anyio.Event | None = None  # set once the outcome is in the store
         self.stopped: tuple[str, str] | None = None  # (error, error_type) when stopped
-        self.insert_scope: anyio.CancelScope | None = None  # waiting to record RUNNING
         self.pending_record: dict[str, Any] | None = None  # not recorded yet: write once
         self._stream: Channel[Event] | None = None
 
@@ -218,31 +218,43 @@ class RunService:
             "started_at": utcnow(),
         }
         token = run_id_var.set(run.id)
+        # The RUNNING record is written beside the run, not before it: the first token does
+        # not wait for the database. With a record delay it is written only if the run lasts
+        # that long; until then, _record writes the whole record once. A loop timer starts
+        # the write (no task waits per run); the write's task is awaited before _record.
+        run.pending_record = record
+        loop = asyncio.get_running_loop()
+        writes: list[asyncio.Task[None]] = []
+
+        def insert() -> None:
+            writes.append(loop.create_task(self._insert(run)))
+
+        insert_later = loop.call_later(self.record_delay, insert) if self.record_delay > 0 else None
+        if insert_later is None:
+            insert()
         try:
-            async with anyio.create_task_group() as tg:
-                # The RUNNING record is written beside the run, not before it: the first
-                # token does not wait for the database.
-                tg.start_soon(self._insert, run, record)
-                with anyio.CancelScope() as scope:  # cancelled by stop()
-                    self.active[run.id] = scope
-                    self.running[run.id] = run
-                    try:
-                        async with self.runner.start(
-                            loaded.flow, inputs, memory, run.usage, run.parts
-                        ) as events:
-                            run._stream = events
-                            if self.closed:  # slipped in after the drain: stop at once
-                                self.stop(run.id, *SHUTDOWN)
-                            yield run
-                    finally:
-                        if run.insert_scope is not None:  # ended before being recorded
-                            run.insert_scope.cancel()
-                        self.active.pop(run.id, None)
-                        self.running.pop(run.id, None)
-                        if not self.active and self._idle is not None:
-                            self._idle.set()
+            with anyio.CancelScope() as scope:  # cancelled by stop()
+                self.active[run.id] = scope
+                self.running[run.id] = run
+                try:
+                    async with self.runner.start(
+                        loaded.flow, inputs, memory, run.usage, run.parts
+                    ) as events:
+                        run._stream = events
+                        if self.closed:  # slipped in after the drain: stop at once
+                            self.stop(run.id, *SHUTDOWN)
+                        yield run
+                finally:
+                    if insert_later is not None:  # ended before being recorded
+                        insert_later.cancel()
+                    self.active.pop(run.id, None)
+                    self.running.pop(run.id, None)
+                    if not self.active and self._idle is not None:
+                        self._idle.set()
         finally:
             with anyio.CancelScope(shield=True):
+                for write in writes:
+                    await write
                 await self._record(run)
             run.recorded.set()
             run_id_var.reset(token)
@@ -283,24 +295,14 @@ class RunService:
         self.closed = True
         return sum(self.stop(run_id, *SHUTDOWN) for run_id in list(self.active))
 
-    async def _insert(self, run: Run, record: dict[str, Any]) -> None:
-        if self.record_delay > 0:
-            # Until the delay is over, _record writes the whole record once. Set before
-            # waiting: a cancellation from outside (the client hung up, so the task group is
-            # cancelled) ends this task here, and the run must still be recorded.
-            run.pending_record = record
-            with anyio.CancelScope() as scope:
-                run.insert_scope = scope
-                await anyio.sleep(self.record_delay)
-            run.insert_scope = None
-            if scope.cancelled_caught:  # the run ended first: _record writes it once
-                return
-            run.pending_record = None
-        with anyio.CancelScope(shield=True):
-            try:
-                await self.runs.start(record)
-            except Exception:
-                log.exception("could not record the start of run %s", record["id"])
+    async def _insert(self, run: Run) -> None:
+        record, run.pending_record = run.pending_record, None
+        if record is None:
+            return
+        try:
+            await self.runs.start(record)
+        except Exception:
+            log.exception("could not record the start of run %s", record["id"])
 
     def _count(self, run: Run, state: str) -> None:
         self.finished[state] += 1
