@@ -1,6 +1,7 @@
 """The FastAPI application. No BaseHTTPMiddleware anywhere: it would buffer streams and hide
-client disconnects. The three middlewares are pure ASGI and act once per request, never per
-frame: the request log (outermost), URL and header size limits, CORS preflights."""
+client disconnects. The middlewares are pure ASGI and act once per request, never per frame:
+the request log (outermost), URL and header size limits, CORS preflights, the drain gate, and
+the streaming routes' fast dispatch (``flowserve.http.fast_routes``)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from flowserve.errors import FlowserveError
 from flowserve.http import errors
 from flowserve.http.access import AccessLog
 from flowserve.http.cors import Preflight
+from flowserve.http.fast_routes import FastRunRoutes
 from flowserve.http.limits import RequestSizeGuard
 from flowserve.http.metrics import registry_for
 from flowserve.http.metrics import router as metrics_router
@@ -63,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(flows_router)
     app.include_router(metrics_router)
     # add_middleware puts each outside the ones before it.
+    app.add_middleware(FastRunRoutes)
     app.add_middleware(DrainGate)
     app.add_middleware(Preflight)
     app.add_middleware(

@@ -62,22 +62,33 @@ class RunStreamResponse(Response):
         self._lock = asyncio.Lock()
         self._last_write = 0.0
         self._send: Send | None = None
+        self._started = False
         self.run: Run | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._send = send
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         self._last_write = time.monotonic()
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch, receive, tg.cancel_scope)
             await self._relay()
             tg.cancel_scope.cancel()
+        await self._start_response()  # if the run never started
         # The client may be gone; ending the body then is harmless.
         with contextlib.suppress(OSError):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
+    async def _start_response(self) -> None:
+        if not self._started:
+            self._started = True
+            assert self._send is not None
+            await self._send(
+                {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+            )
+
     async def _write(self, data: bytes) -> None:
         assert self._send is not None
+        if not self._started:  # a keepalive before the run's first turn (a very busy loop)
+            await self._start_response()
         async with self._lock:  # asyncio.Lock: no loop round-trip when uncontended
             await self._send({"type": "http.response.body", "body": data, "more_body": True})
         self._last_write = time.monotonic()
@@ -86,6 +97,10 @@ class RunStreamResponse(Response):
         encoder: Encoder | None = None
         async with self.start_run() as run:
             self.run = run
+            # One loop turn for the run's first steps before we write anything: its upstream
+            # request is then on its way while the response head and first frame go out.
+            await asyncio.sleep(0)
+            await self._start_response()
             encoder = self.make_encoder(run)
             await self._write(encoder.first())
             receive = run.receive_nowait

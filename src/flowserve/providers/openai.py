@@ -81,6 +81,7 @@ class OpenAIProvider(Provider):
     def __init__(self, env: ProviderEnv) -> None:
         super().__init__(env)
         self._clients: dict[tuple[str, str], AsyncOpenAI] = {}
+        self._options_cache: dict[bytes, dict[str, Any]] = {}
         self.max_connections = int(env.settings.get("max_connections", 10_000))
 
     # -- where and with which key (what the compatible provider overrides) --
@@ -129,25 +130,36 @@ class OpenAIProvider(Provider):
     # -- the protocol --
 
     def _params(self, request: LLMRequest) -> dict[str, Any]:
-        try:
-            options = self.Options.model_validate(request.options)
-        except ValidationError as exc:
-            raise ProviderBadRequestError(
-                f"invalid options: {exc.errors()[0]['msg']}", provider=self.name
-            ) from exc
         messages = [{"role": "system", "content": request.system}] if request.system else []
         messages += [{"role": m.role, "content": m.content} for m in request.messages]
-        params: dict[str, Any] = {
+        return {
             "model": request.model,
             "messages": messages,
             "stream": True,
             "stream_options": {"include_usage": True},
+            **self._option_params(request.options),
         }
-        values = options.model_dump(exclude_none=True)
-        if "max_tokens" in values:
-            params[self._max_tokens_param] = values.pop("max_tokens")
-        params.update(values)  # temperature, top_p and stop keep their names
-        return params
+
+    def _option_params(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The request fields a node's options become. Validated once per distinct options
+        (a node's are fixed): pydantic's validate and dump cost more than the rest of
+        building the request."""
+        key = orjson.dumps(options, option=orjson.OPT_SORT_KEYS)
+        values = self._options_cache.get(key)
+        if values is None:
+            try:
+                validated = self.Options.model_validate(options)
+            except ValidationError as exc:
+                raise ProviderBadRequestError(
+                    f"invalid options: {exc.errors()[0]['msg']}", provider=self.name
+                ) from exc
+            values = validated.model_dump(exclude_none=True)
+            if "max_tokens" in values:
+                values[self._max_tokens_param] = values.pop("max_tokens")
+            if len(self._options_cache) >= 1024:
+                self._options_cache.clear()
+            self._options_cache[key] = values  # temperature, top_p, stop keep their names
+        return values
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
         api_key = self._api_key(request)  # before any network call

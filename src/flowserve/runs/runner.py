@@ -120,9 +120,13 @@ class Runner:
             with anyio.move_on_after(timeout) as deadline:
                 idle_timer = _IdleTimer(state, idle, deadline) if idle else None
                 try:
-                    async with anyio.create_task_group() as tg:
-                        for node_id in flow.order:
-                            tg.start_soon(self._node, flow.nodes[node_id], state, memory, send, tg)
+                    if len(flow.order) == 1:  # the common one-node flow: no task of its own
+                        await self._node(flow.nodes[flow.order[0]], state, memory, send, None)
+                    else:
+                        async with anyio.create_task_group() as tg:
+                            for node_id in flow.order:
+                                node = flow.nodes[node_id]
+                                tg.start_soon(self._node, node, state, memory, send, tg)
                 finally:
                     if idle_timer is not None:
                         idle_timer.cancel()
@@ -145,7 +149,7 @@ class Runner:
         state: _RunState,
         memory: Memory | None,
         send: Channel[Event],
-        tg: TaskGroup,
+        tg: TaskGroup | None,
     ) -> None:
         try:
             for dep in node.deps:
@@ -171,12 +175,13 @@ class Runner:
             self._fail(state, tg, NodeError(f"internal error ({type(exc).__name__})"), node.id)
 
     @staticmethod
-    def _fail(state: _RunState, tg: TaskGroup, error: NodeError, node_id: str) -> None:
+    def _fail(state: _RunState, tg: TaskGroup | None, error: NodeError, node_id: str) -> None:
         if error.node_id is None:
             error.node_id = node_id
         if state.failure is None:
             state.failure = error
-        tg.cancel_scope.cancel()
+        if tg is not None:  # cancel the other nodes
+            tg.cancel_scope.cancel()
 
     async def _llm(
         self,
