@@ -54,8 +54,7 @@ async def stop_run(
     ):
         raise NotFoundError(f"run {run_id!r} not found")
     log.info("run stopped by request (key %s)", principal.key_id, extra={"run_id": run_id})
-    if run.recorded is not None:
-        with anyio.move_on_after(RECORD_WAIT):
-            await run.recorded.wait()
+    with anyio.move_on_after(RECORD_WAIT):
+        await run.wait_recorded()
     note(request.scope, status=200, run_id=run_id)
     return caller.json({"run_id": run_id, "stopped": True})

@@ -46,7 +46,7 @@ class Memory(Protocol):
 
 
 class _RunState:
-    __slots__ = ("done", "failure", "parts", "usage", "values")
+    __slots__ = ("completed", "done", "failure", "parts", "usage", "values")
 
     def __init__(
         self,
@@ -56,7 +56,9 @@ class _RunState:
         parts: dict[str, list[str]],
     ) -> None:
         self.values: dict[str, str] = dict(inputs)
-        self.done = {node_id: anyio.Event() for node_id in flow.nodes}
+        # Only the nodes others wait for get an event (memory per open stream).
+        self.done = {dep: anyio.Event() for node in flow.nodes.values() for dep in node.deps}
+        self.completed = 0
         self.usage = usage
         self.failure: NodeError | RunTimeoutError | None = None
         self.parts = parts  # each node's text so far, in pieces (the watchdog counts them)
@@ -64,7 +66,7 @@ class _RunState:
             parts.setdefault(node_id, [])
 
     def progress(self) -> int:
-        return sum(map(len, self.parts.values())) + sum(e.is_set() for e in self.done.values())
+        return sum(map(len, self.parts.values())) + self.completed
 
 
 class Runner:
@@ -163,7 +165,9 @@ class Runner:
                 send.send_nowait(NodeDelta(node.id, text))
             state.values[node.id] = text
             send.send_nowait(NodeCompleted(node.id, text, state.usage.get(node.id)))
-            state.done[node.id].set()
+            state.completed += 1
+            if (done := state.done.get(node.id)) is not None:
+                done.set()
         except FlowserveError as exc:
             self._fail(
                 state, tg, exc if isinstance(exc, NodeError) else NodeError(exc.message), node.id

@@ -112,10 +112,22 @@ class Run:
         self.usage: dict[str, Any] = {}
         self.first_token_at: Any = None
         self.key_id: str | None = None  # the API key that started it (may stop it)
-        self.recorded: anyio.Event | None = None  # set once the outcome is in the store
+        self.recorded = False  # the outcome is in the store
+        self._recorded: anyio.Event | None = None  # made only if someone waits for it
         self.stopped: tuple[str, str] | None = None  # (error, error_type) when stopped
         self.pending_record: dict[str, Any] | None = None  # not recorded yet: write once
         self._stream: Channel[Event] | None = None
+
+    async def wait_recorded(self) -> None:
+        if not self.recorded:
+            if self._recorded is None:
+                self._recorded = anyio.Event()
+            await self._recorded.wait()
+
+    def mark_recorded(self) -> None:
+        self.recorded = True
+        if self._recorded is not None:
+            self._recorded.set()
 
     def output_text(self, out_id: str) -> str:
         source = self.flow.outputs[out_id]
@@ -197,7 +209,6 @@ class RunService:
     ) -> AsyncIterator[Run]:
         run = Run(uuid.uuid4().hex, loaded, inputs, user_id)
         run.key_id = principal.key_id
-        run.recorded = anyio.Event()
         queued_at = utcnow()
         memory = None
         if user_id:
@@ -256,7 +267,7 @@ class RunService:
                 for write in writes:
                     await write
                 await self._record(run)
-            run.recorded.set()
+            run.mark_recorded()
             run_id_var.reset(token)
 
     def stop(self, run_id: str, reason: str = "run stopped", error_type: str = "cancelled") -> bool:
