@@ -277,6 +277,8 @@ def _sse_body(tokens: list[str]) -> bytes:
 @asynccontextmanager
 async def _raw_server(
     answer: Callable[[asyncio.StreamWriter], Awaitable[None]],
+    host: str = "127.0.0.1",
+    requests: list[bytes] | None = None,
 ) -> AsyncIterator[OpenAICompatibleProvider]:
     """A bare HTTP server on a socket (``answer`` writes whatever bytes the test wants), and
     a provider pointed at it."""
@@ -287,16 +289,19 @@ async def _raw_server(
         while not writer.is_closing():
             try:
                 head = await reader.readuntil(b"\r\n\r\n")
+                if requests is not None:
+                    requests.append(head)
                 length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
                 await reader.readexactly(length)
             except (asyncio.IncompleteReadError, ConnectionError):
                 return  # the client closed the connection
             await answer(writer)
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    server = await asyncio.start_server(handle, host, 0)
     port = server.sockets[0].getsockname()[1]
+    url_host = f"[{host}]" if ":" in host else host
     provider = OpenAICompatibleProvider(
-        ProviderEnv(environ={}, settings={"base_url": f"http://127.0.0.1:{port}/v1"})
+        ProviderEnv(environ={}, settings={"base_url": f"http://{url_host}:{port}/v1"})
     )
     try:
         yield provider
@@ -344,3 +349,17 @@ async def test_a_response_that_is_not_http_is_an_upstream_error() -> None:
     async with _raw_server(answer) as provider:
         with pytest.raises(ProviderUpstreamError), anyio.fail_after(5):
             await collect(provider.stream(make_request("m")))
+
+
+async def test_an_ipv6_server_gets_a_bracketed_host_header() -> None:
+    async def answer(writer: asyncio.StreamWriter) -> None:
+        body = _sse_body(["six"])
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+
+    heads: list[bytes] = []
+    async with _raw_server(answer, host="::1", requests=heads) as provider:
+        assert await collect(provider.stream(make_request("m"))) == ["six"]
+    (head,) = heads
+    assert head.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    assert b"\r\nHost: [::1]:" in head

@@ -61,10 +61,9 @@ class Target:
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
-        default_port = self.port == (443 if self.tls else 80)
-        host = self.host if default_port else f"{self.host}:{self.port}"
-        if ":" in self.host and not default_port:  # an IPv6 literal
-            host = f"[{self.host}]:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal
+        if self.port != (443 if self.tls else 80):
+            host = f"{host}:{self.port}"
         lines = [f"POST {path} HTTP/1.1", f"Host: {host}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         self.head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
@@ -105,10 +104,6 @@ class Response:
             if len(data) >= limit:
                 break
         return data[:limit]
-
-    @property
-    def at_end(self) -> bool:
-        return self._conn.complete and not self._conn.body
 
     def close(self) -> None:
         """Give the connection back to the pool if the whole body was read, else close it."""
