@@ -9,6 +9,7 @@ import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -43,7 +44,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             # Registered as a live instance: runs left RUNNING by dead ones are failed now
             # and at each heartbeat; ours still RUNNING at the end are CANCELLED.
-            async with state.instances.alive(*SHUTDOWN):
+            async with state.instances.alive(*SHUTDOWN), anyio.create_task_group() as background:
+                # The caches of keys and flows refresh ahead of expiry in this group.
+                state.key_cache.spawn = state.flows.latest.spawn = background.start_soon
                 app.state.flowserve = state
                 app.state.metrics = registry_for(state.runs)
                 if settings.warm_up:
@@ -56,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 gc.collect()
                 gc.freeze()
                 yield
+                background.cancel_scope.cancel()
         finally:
             await state.aclose()
 

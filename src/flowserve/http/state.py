@@ -5,10 +5,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 
 from flowserve.auth import Principal, parse_bearer
+from flowserve.cache import RefreshingCache
 from flowserve.config import Settings
 from flowserve.errors import AuthError, FlowserveError, ForbiddenError
 from flowserve.flows.spec import LLMNodeSpec
@@ -38,7 +38,9 @@ class AppState:
     runs: RunService
     limits: Limits
     instances: InstanceStore
-    _key_cache: dict[str, tuple[float, Principal]] = field(default_factory=dict)
+    key_cache: RefreshingCache[str, Principal] = field(
+        default_factory=lambda: RefreshingCache[str, Principal](0.0)
+    )
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:
@@ -66,22 +68,21 @@ class AppState:
             owner=instances.id,
             record_delay=settings.record_delay,
         )
-        return cls(settings, db, registry, KeyStore(db), flows, runs, Limits(settings), instances)
+        key_cache = RefreshingCache[str, Principal](settings.key_cache_ttl)
+        keys = KeyStore(db)
+        limits = Limits(settings)
+        return cls(settings, db, registry, keys, flows, runs, limits, instances, key_cache)
 
     async def authenticate(self, header: str | None, org_id: str) -> Principal:
         """The caller's key, which must belong to ``org_id``. Every failure is the same 401,
         so a caller cannot learn whether an org exists."""
         key_id, secret = parse_bearer(header)
         cache_key = hashlib.sha256(f"{key_id}:{secret}".encode()).hexdigest()
-        now = time.monotonic()
-        hit = self._key_cache.get(cache_key)
-        if hit is not None and hit[0] > now:
-            principal = hit[1]
-        else:
-            principal = await self.keys.verify(key_id, secret)
-            if len(self._key_cache) > 10_000:
-                self._key_cache.clear()
-            self._key_cache[cache_key] = (now + self.settings.key_cache_ttl, principal)
+        principal = await self.key_cache.get(
+            cache_key,
+            lambda: self.keys.verify(key_id, secret),
+            lambda: self.keys.still_active(key_id),
+        )
         if principal.org_id != org_id:
             raise AuthError("invalid API key")
         return principal

@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 
 from flowserve.auth import Principal
+from flowserve.cache import RefreshingCache
 from flowserve.events import Event, NodeDelta, RunFinished
 from flowserve.flows.graph import Flow, compile_flow
 from flowserve.flows.loader import parse_flow_data, spec_from_data
@@ -48,9 +49,10 @@ class FlowService:
     def __init__(self, store: FlowStore, registry: ProviderRegistry, cache_ttl: float) -> None:
         self.store = store
         self.registry = registry
-        self.cache_ttl = cache_ttl
         self._compiled: dict[tuple[str, str, int], LoadedFlow] = {}
-        self._latest: dict[tuple[str, str], tuple[float, int]] = {}
+        # (org, flow id) -> its latest stored version; how long another process's publish
+        # can go unseen is the ttl.
+        self.latest: RefreshingCache[tuple[str, str], StoredFlow] = RefreshingCache(cache_ttl)
 
     def compile_text(self, text: str) -> tuple[dict[str, Any], Flow]:
         data = parse_flow_data(text)
@@ -60,26 +62,24 @@ class FlowService:
     async def publish(self, org_id: str, text: str) -> tuple[StoredFlow, Flow]:
         spec, flow = self.compile_text(text)
         stored = await self.store.publish(org_id, spec, text)
-        self._latest.pop((org_id, flow.id), None)
+        self.latest.invalidate((org_id, flow.id))
         return stored, flow
 
     async def get(self, org_id: str, flow_id: str, version: int | None = None) -> LoadedFlow:
-        if version is None or version < 0:
-            hit = self._latest.get((org_id, flow_id))
-            if hit is not None and time.monotonic() - hit[0] < self.cache_ttl:
-                version = hit[1]
         if version is not None and version >= 0:
             loaded = self._compiled.get((org_id, flow_id, version))
             if loaded is not None:
                 return loaded
-        stored = await self.store.get(org_id, flow_id, version)
+            stored = await self.store.get(org_id, flow_id, version)
+        else:
+            stored = await self.latest.get(
+                (org_id, flow_id), lambda: self.store.get(org_id, flow_id, None)
+            )
         key = (org_id, flow_id, stored.version)
         loaded = self._compiled.get(key)
         if loaded is None:
             flow = compile_flow(spec_from_data(stored.spec), self.registry)
             loaded = self._compiled[key] = LoadedFlow(org_id, stored.version, flow)
-        if version is None or version < 0:
-            self._latest[(org_id, flow_id)] = (time.monotonic(), stored.version)
         return loaded
 
 

@@ -102,10 +102,23 @@ class KeyStore:
         matches = check_secret(salt, stored, secret)
         if row is None or row.revoked_at is not None or not matches:
             raise AuthError("invalid API key")
-        return Principal(
-            org_id=row.org_id,
-            key_id=row.id,
-            kind=row.kind,
-            allowed_origins=tuple(row.allowed_origins or ()),
-            rate_limit_per_minute=row.rate_limit_per_minute,
-        )
+        return _principal(row)
+
+    async def still_active(self, key_id: str) -> Principal:
+        """A key already verified, read again (revoked since? changed limits?), without its
+        secret: for refreshing a cache of verified keys."""
+        async with self.db.session() as s:
+            row = await s.get(ApiKey, key_id)
+        if row is None or row.revoked_at is not None:
+            raise AuthError("invalid API key")
+        return _principal(row)
+
+
+def _principal(row: ApiKey) -> Principal:
+    return Principal(
+        org_id=row.org_id,
+        key_id=row.id,
+        kind=row.kind,
+        allowed_origins=tuple(row.allowed_origins or ()),
+        rate_limit_per_minute=row.rate_limit_per_minute,
+    )
