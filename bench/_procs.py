@@ -121,19 +121,6 @@ def cpu_seconds(pid: int, with_children: bool = True) -> float:
     return total
 
 
-def cpu_ns(pid: int) -> int:
-    """CPU time of ``pid``'s tree in nanoseconds, every thread (``/proc/<pid>/task/*/schedstat``):
-    fine-grained enough to tell a quiet 50 ms from a busy one, which ``stat``'s ticks are not."""
-    total = 0
-    for p in tree(pid):
-        for task in Path(f"/proc/{p}/task").glob("*/schedstat"):
-            try:
-                total += int(task.read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                continue
-    return total
-
-
 def memory_kib(pid: int, key: str = "VmRSS", with_children: bool = True) -> int:
     """A /proc/<pid>/status memory figure (VmRSS, VmHWM, …) in KiB, summed over the tree."""
     total = 0

@@ -106,7 +106,7 @@ def render(out: dict[str, Any]) -> str:
         )
         + ". Upstream: "
         f"bench/fake_upstream.py, {cfg['tokens']} tokens per response. Client: "
-        f"{cfg['client']}. Reproduce: `.venv/bin/python bench/relay.py`." + _settle_line(out),
+        f"{cfg['client']}. Reproduce: `.venv/bin/python bench/relay.py`.",
         "",
         "### Targets",
         "",
@@ -328,14 +328,3 @@ def render(out: dict[str, Any]) -> str:
     if out.get("notes"):
         parts += ["", "### Notes", ""] + [f"- {n}" for n in out["notes"]]
     return "\n".join(parts)
-
-
-def _settle_line(out: dict[str, Any]) -> str:
-    settle = out.get("settle_until_quiet")
-    if not settle or not settle.get("batches"):
-        return ""
-    return (
-        f" Between the {settle['batches']} batches, waited until no server used over a tenth"
-        f" of a core for 50 ms: mean {settle['mean_s'] * 1000:.0f} ms, max"
-        f" {settle['max_s'] * 1000:.0f} ms, {settle['hit_limit']} hit the 2 s limit."
-    )

@@ -47,7 +47,6 @@ import uvloop  # noqa: E402
 from _loadgen import ENVELOPE, LEGACY, OPENAI, Pool, SdkClient, Target, run_batch  # noqa: E402
 from _procs import (  # noqa: E402
     ForeignLoad,
-    cpu_ns,
     cpu_seconds,
     git_state,
     machine,
@@ -128,7 +127,6 @@ class Bench:
         self.pools: dict[str, Pool] = {}
         self.sdks: dict[str, SdkClient] = {}
         self.pids: dict[str, int] = {}
-        self.quiet_waits: list[float] = []  # after each batch, until the servers were quiet
 
     def note(self, text: str) -> None:
         print(f"  note: {text}", flush=True)
@@ -340,40 +338,25 @@ class Bench:
         expected: str | None = None,
     ) -> dict[str, dict[str, Any]]:
         """``rounds`` rounds; in each, every target runs one batch of ``concurrency``
-        concurrent streams, in turn, with ``settle`` seconds between batches so that work a
-        server defers past the end of a response (run records, spend logs) does not land
-        on the next target's batch."""
+        concurrent streams, in turn (the order rotated by one each round), with ``settle``
+        seconds between batches so that work a server defers past the end of a response (run
+        records, spend logs) does not land on the next target's batch."""
         results: dict[str, list[Any]] = {n: [] for n in names}
         walls = dict.fromkeys(names, 0.0)
-        for _ in range(rounds):
-            for name in names:
+        for round_no in range(rounds):
+            # Each round starts one target later, so no target always follows the same one
+            # (a fixed order made the target after LiteLLM pay for its deferred work).
+            shift = round_no % len(names)
+            for name in names[shift:] + names[:shift]:
                 got, wall = await self.batch(
                     name, concurrency, 1, limit_s, time.perf_counter() + budget
                 )
                 results[name] += got
                 walls[name] += wall
                 await asyncio.sleep(settle)
-                await self.until_servers_quiet()
         gap_s = self.fake.stats()["gap_ms"] / 1000  # type: ignore[operator]
         text = expected or self.expected
         return {n: summarise(results[n], text, gap_s, walls[n]) for n in names}
-
-    async def until_servers_quiet(self, window: float = 0.05, limit: float = 2.0) -> float:
-        """Wait (at most ``limit`` s) until no server process used more than a tenth of a core
-        over ``window``: what one target defers past its responses (LiteLLM's spend logging
-        and callbacks, flowserve's run records) must not land on the next target's batch, which
-        a fixed ``settle`` alone did not ensure. Returns the time waited."""
-        began = time.monotonic()
-        pids = set(self.pids.values())
-        while time.monotonic() - began < limit:
-            before = {pid: cpu_ns(pid) for pid in pids}
-            await asyncio.sleep(window)
-            busy = max((cpu_ns(pid) - ns for pid, ns in before.items()), default=0)
-            if busy < window * 0.1 * 1e9:
-                break
-        waited = time.monotonic() - began
-        self.quiet_waits.append(waited)
-        return waited
 
     async def warm_up(self) -> None:
         self.fake.control(gap_ms=0)
@@ -701,13 +684,6 @@ class Bench:
                 pool.close()
             for sdk in self.sdks.values():
                 await sdk.aclose()
-        waits = self.quiet_waits
-        self.out["settle_until_quiet"] = {
-            "batches": len(waits),
-            "mean_s": statistics.fmean(waits) if waits else 0.0,
-            "max_s": max(waits, default=0.0),
-            "hit_limit": sum(w >= 2.0 for w in waits),
-        }
         seconds, cores = foreign.cores()
         self.out["foreign_load"] = {"cpu_s": seconds, "avg_cores": cores}
         if cores > 0.1:

@@ -48,16 +48,16 @@ async def test_concurrent_misses_share_one_load() -> None:
 
 
 async def test_past_half_its_ttl_a_read_is_served_at_once_and_refreshed_behind() -> None:
-    cache: RefreshingCache[str, str] = RefreshingCache(ttl=0.2)
+    cache: RefreshingCache[str, str] = RefreshingCache(ttl=1.0)
     source = Source()
     async with anyio.create_task_group() as tg:
         cache.spawn = tg.start_soon
         assert await cache.get("k", source.load) == "v1"
         source.value = "v2"
-        await anyio.sleep(0.12)  # past half the ttl
+        await anyio.sleep(0.6)  # past half the ttl
         with anyio.fail_after(0.01):  # no waiting for the (20 ms) load
             assert await cache.get("k", source.load) == "v1"
-        await anyio.sleep(0.05)  # the background refresh is done
+        await anyio.sleep(0.15)  # the background refresh is done
         assert await cache.get("k", source.load) == "v2"
         assert source.loads == 2
 
@@ -93,15 +93,15 @@ async def test_errors_reach_every_waiter_and_are_not_cached() -> None:
 
 async def test_a_refresh_that_is_refused_forgets_the_entry() -> None:
     """A key revoked since it was cached: the refresh fails, the next read fails too."""
-    cache: RefreshingCache[str, str] = RefreshingCache(ttl=0.2)
+    cache: RefreshingCache[str, str] = RefreshingCache(ttl=1.0)
     source = Source()
     async with anyio.create_task_group() as tg:
         cache.spawn = tg.start_soon
         await cache.get("k", source.load)
         source.error = AuthError("invalid API key")
-        await anyio.sleep(0.12)
+        await anyio.sleep(0.6)
         await cache.get("k", source.load)  # served, and starts the refresh
-        await anyio.sleep(0.05)
+        await anyio.sleep(0.15)
         with pytest.raises(AuthError):
             await cache.get("k", source.load)
 
