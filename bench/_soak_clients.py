@@ -175,7 +175,10 @@ MALFORMED = [
 
 
 async def malformed(client: httpx.AsyncClient, t: Target, stats: Stats, rng: random.Random) -> None:
-    body = rng.choice([*MALFORMED, os.urandom(rng.randint(1, 200))])
+    noise = os.urandom(rng.randint(1, 200))
+    if not noise.strip(b" \t\r\n"):
+        noise = b"x" + noise  # JSON whitespace alone is an empty body, which is valid
+    body = rng.choice([*MALFORMED, noise])
     route = rng.choice(
         [
             f"/inference/v0/stream/{t.org}/soak-echo",
