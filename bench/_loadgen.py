@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -294,13 +294,22 @@ async def run_batch(
 
     Returns the results and the batch's wall time. Workers stop starting streams once
     ``deadline`` (perf_counter) has passed."""
+    return await _batch(pool.stream, concurrency, per_worker, limit_s, deadline)
 
+
+async def _batch(
+    stream: Callable[[float], Awaitable[StreamResult]],
+    concurrency: int,
+    per_worker: int,
+    limit_s: float,
+    deadline: float,
+) -> tuple[list[StreamResult], float]:
     async def worker() -> list[StreamResult]:
         out = []
         for _ in range(per_worker):
             if time.perf_counter() > deadline:
                 break
-            out.append(await pool.stream(limit_s))
+            out.append(await stream(limit_s))
         return out
 
     started = time.perf_counter()
@@ -367,17 +376,7 @@ class SdkClient:
     async def batch(
         self, concurrency: int, per_worker: int, limit_s: float, deadline: float
     ) -> tuple[list[StreamResult], float]:
-        async def worker() -> list[StreamResult]:
-            out = []
-            for _ in range(per_worker):
-                if time.perf_counter() > deadline:
-                    break
-                out.append(await self.stream(limit_s))
-            return out
-
-        started = time.perf_counter()
-        batches = await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return [r for batch in batches for r in batch], time.perf_counter() - started
+        return await _batch(self.stream, concurrency, per_worker, limit_s, deadline)
 
     async def aclose(self) -> None:
         await self.client.close()

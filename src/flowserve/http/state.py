@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from flowserve.auth import Principal, parse_bearer
 from flowserve.cache import RefreshingCache
@@ -38,9 +38,7 @@ class AppState:
     runs: RunService
     limits: Limits
     instances: InstanceStore
-    key_cache: RefreshingCache[str, Principal] = field(
-        default_factory=lambda: RefreshingCache[str, Principal](0.0)
-    )
+    key_cache: RefreshingCache[str, Principal]
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:

@@ -87,8 +87,6 @@ class RunStreamResponse(Response):
 
     async def _write(self, data: bytes) -> None:
         assert self._send is not None
-        if not self._started:  # a keepalive before the run's first turn (a very busy loop)
-            await self._start_response()
         async with self._lock:  # asyncio.Lock: no loop round-trip when uncontended
             await self._send({"type": "http.response.body", "body": data, "more_body": True})
         self._last_write = time.monotonic()
@@ -126,6 +124,7 @@ class RunStreamResponse(Response):
         while True:
             quiet = time.monotonic() - self._last_write
             if quiet >= interval * 0.99:
+                await self._start_response()  # in case the run has not had its first turn
                 await self._write(KEEPALIVE)
                 continue
             message: Any = None

@@ -123,6 +123,7 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[None] | None = None
         self.lost: str | None = None
+        self.idle = False  # in the pool's idle list
         self.reset()
 
     def reset(self) -> None:
@@ -222,6 +223,7 @@ class Pool:
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()
+            conn.idle = False
             if conn.lost is None and not conn.transport.is_closing():
                 try:
                     return await self._exchange(conn, head, body)
@@ -267,14 +269,15 @@ class Pool:
         idle = self._idle.setdefault(conn.origin, [])
         if len(idle) < self.max_idle:
             idle.append(conn)
+            conn.idle = True
         else:
             conn.close()
 
     def forget(self, conn: _Connection) -> None:
         self._all.discard(conn)
-        idle = self._idle.get(conn.origin)
-        if idle and conn in idle:
-            idle.remove(conn)
+        if conn.idle:  # closed by the server while pooled
+            conn.idle = False
+            self._idle[conn.origin].remove(conn)
 
     async def aclose(self) -> None:
         for conn in list(self._all):
