@@ -6,6 +6,12 @@ socket takes it, and while a write is blocked on a slow client let events pile u
 them into the next frame; (2) a keepalive comment line when nothing was written for a
 while; (3) a task listening for ``http.disconnect`` that cancels the run, instead of polling
 ``request.is_disconnected()`` per event. (2) and (3) are the same task.
+
+That task is a plain asyncio task, not an anyio task group: anyio's ``start_soon`` wraps each
+child in a handle with its own cancel scope, event and coroutine frame, a visible share of the
+time to first token and of the memory a held stream costs. The relay itself runs in one anyio
+cancel scope, so a disconnect cancels it the way ``stop`` does, and shielded clean-up (the run
+record) stays shielded.
 """
 
 from __future__ import annotations
@@ -63,15 +69,20 @@ class RunStreamResponse(Response):
         self._last_write = 0.0
         self._send: Send | None = None
         self._started = False
+        self._cancel: anyio.CancelScope | None = None  # around the relay; the watcher's to use
+        self._watcher: asyncio.Task[None] | None = None
         self.run: Run | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._send = send
+        self._receive = receive
         self._last_write = time.monotonic()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watch, receive, tg.cancel_scope)
-            await self._relay()
-            tg.cancel_scope.cancel()
+        try:
+            with anyio.CancelScope() as self._cancel:
+                await self._relay()
+        finally:
+            if self._watcher is not None:
+                self._watcher.cancel()
         await self._start_response()  # if the run never started
         # The client may be gone; ending the body then is harmless.
         with contextlib.suppress(OSError):
@@ -98,6 +109,7 @@ class RunStreamResponse(Response):
             # One loop turn for the run's first steps before we write anything: its upstream
             # request is then on its way while the response head and first frame go out.
             await asyncio.sleep(0)
+            self._watch_soon()
             await self._start_response()
             encoder = self.make_encoder(run)
             await self._write(encoder.first())
@@ -116,7 +128,11 @@ class RunStreamResponse(Response):
         if encoder is not None and self.run is not None and self.run.final is not None:
             await self._write(encoder.batch([self.run.final]) or b"")
 
-    async def _watch(self, receive: Receive, scope: anyio.CancelScope) -> None:
+    def _watch_soon(self) -> None:
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch(self._receive))
+
+    async def _watch(self, receive: Receive) -> None:
         """Wait for ``http.disconnect`` and cancel the run when it comes; meanwhile (SSE
         only) write a keepalive comment whenever nothing was written for the interval. One
         task for both: a second task per stream cost memory and a wake-up per interval."""
@@ -128,13 +144,17 @@ class RunStreamResponse(Response):
                 await self._write(KEEPALIVE)
                 continue
             message: Any = None
-            with anyio.move_on_after(interval - quiet):
-                message = await receive()
+            try:
+                async with asyncio.timeout(interval - quiet):
+                    message = await receive()
+            except TimeoutError:
+                pass
             if message is not None and message["type"] == "http.disconnect":
                 if self.run is not None:
                     run_id = self.run.id
                     log.info(
                         "client disconnected; cancelling run %s", run_id, extra={"run_id": run_id}
                     )
-                scope.cancel()
+                assert self._cancel is not None
+                self._cancel.cancel()
                 return

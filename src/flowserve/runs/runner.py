@@ -98,15 +98,23 @@ class Runner:
         has both even for a run that never reached its RunFinished event, without keeping a
         copy of every token itself."""
         channel: Channel[Event] = Channel()
-        async with anyio.create_task_group() as tg:
-            state = _RunState(
-                flow, inputs, {} if usage is None else usage, {} if parts is None else parts
-            )
-            tg.start_soon(self._drive, flow, state, memory, channel)
-            try:
-                yield channel
-            finally:
-                tg.cancel_scope.cancel()
+        state = _RunState(
+            flow, inputs, {} if usage is None else usage, {} if parts is None else parts
+        )
+        # A plain asyncio task rather than an anyio task group: anyio wraps each child in a
+        # handle with its own cancel scope, event and coroutine, paid per run (time to first
+        # token, memory per open stream). The structure is the same: the task is cancelled
+        # and waited for when the block is left, whatever the reason.
+        task = asyncio.get_running_loop().create_task(self._drive(flow, state, memory, channel))
+        try:
+            yield channel
+        finally:
+            if not task.done():
+                task.cancel()
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait((task,))
+            if not task.cancelled() and (error := task.exception()) is not None:
+                raise error
 
     async def _drive(
         self,
