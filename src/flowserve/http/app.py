@@ -1,19 +1,27 @@
 """The FastAPI application. No BaseHTTPMiddleware anywhere: it would buffer streams and hide
 client disconnects. The middlewares are pure ASGI and act once per request, never per frame:
 the request log (outermost), URL and header size limits, CORS preflights, the drain gate, and
-the streaming routes' fast dispatch (``flowserve.http.fast_routes``)."""
+the streaming routes' fast dispatch (``flowserve.http.fast_routes``).
+
+They sit outside FastAPI's own layers (its server-error, telemetry and body-limit wrappers),
+not inside them as ``add_middleware`` would put them: a stream taken by the fast dispatch
+then never passes through those, and the server-error layer's ``send`` wrapper is not paid
+on every frame. What those layers do for the other routes is unchanged; an exception that
+escapes a fast-dispatched stream reaches uvicorn, which answers 500 the same way."""
 
 from __future__ import annotations
 
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp
 
 from flowserve import __version__
 from flowserve.config import Settings
@@ -63,7 +71,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await state.aclose()
 
-    app = FastAPI(
+    app = _FlowserveAPI(
+        settings,
         title="flowserve",
         version=__version__,
         description="Run LLM flows and stream their outputs (Stack AI-compatible API).",
@@ -76,16 +85,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(stop_router)
     app.include_router(flows_router)
     app.include_router(metrics_router)
-    # add_middleware puts each outside the ones before it.
-    app.add_middleware(FastRunRoutes)
-    app.add_middleware(DrainGate)
-    app.add_middleware(Preflight)
-    app.add_middleware(
-        RequestSizeGuard,
-        max_url_bytes=settings.max_url_bytes,
-        max_header_bytes=settings.max_header_bytes,
-    )
-    app.add_middleware(AccessLog)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness")
     async def healthz() -> Response:
@@ -93,3 +92,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     document_errors(app)
     return app
+
+
+class _FlowserveAPI(FastAPI):
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        self.settings = settings
+        super().__init__(**kwargs)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        inner = FastRunRoutes(super().build_middleware_stack())
+        guarded = RequestSizeGuard(
+            Preflight(DrainGate(inner)),
+            max_url_bytes=self.settings.max_url_bytes,
+            max_header_bytes=self.settings.max_header_bytes,
+        )
+        return AccessLog(guarded)
