@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections import deque
 from collections.abc import AsyncIterator
 from functools import cache
 from urllib.parse import urlsplit
@@ -83,7 +82,7 @@ class Response:
         conn = self._conn
         while True:
             if conn.body:
-                chunk = conn.body.popleft()
+                chunk = conn.body.pop(0)
                 conn.buffered -= len(chunk)
                 if conn.paused and conn.buffered < _PAUSE_AT // 2:
                     conn.paused = False
@@ -129,7 +128,7 @@ class _Connection(asyncio.Protocol):
     def reset(self) -> None:
         self.status = 0
         self.headers: dict[str, str] = {}
-        self.body: deque[bytes] = deque()
+        self.body: list[bytes] = []  # not a deque: 56 B empty, not 760, per open stream
         self.buffered = 0
         self.paused = False
         self.head_done = False

@@ -238,7 +238,11 @@ class RunService:
         writes: list[asyncio.Task[None]] = []
 
         def insert() -> None:
-            writes.append(loop.create_task(self._insert(run)))
+            write = loop.create_task(self._insert(run))
+            writes.append(write)
+            # A finished write is let go: a long run would otherwise hold the task and its
+            # coroutine (about 1 KB) until its end.
+            write.add_done_callback(writes.remove)
 
         insert_later = loop.call_later(self.record_delay, insert) if self.record_delay > 0 else None
         if insert_later is None:
@@ -264,7 +268,7 @@ class RunService:
                         self._idle.set()
         finally:
             with anyio.CancelScope(shield=True):
-                for write in writes:
+                for write in list(writes):
                     await write
                 await self._record(run)
             run.mark_recorded()
