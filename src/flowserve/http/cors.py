@@ -25,6 +25,7 @@ for CORS to guard. What ``allowed_origins`` guards is a key's use from other sit
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -89,10 +90,11 @@ class Preflight:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine function: what passes gets the next layer's coroutine itself, so
+        # no frame of this layer stays alive for as long as a stream is open.
         if scope["type"] != "http" or scope["method"] != "OPTIONS":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         headers = dict(scope["headers"])
         origin = headers.get(b"origin")
         path: str = scope["path"]
@@ -102,8 +104,11 @@ class Preflight:
             or not path.startswith(API_PREFIXES)
             or not _ORIGIN.match(normalize(origin.decode("latin-1")))
         ):
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        return self._answer(scope, send, origin, path)
+
+    @staticmethod
+    async def _answer(scope: Scope, send: Send, origin: bytes, path: str) -> None:
         note(scope, status=204)
         await send(
             {

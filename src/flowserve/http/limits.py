@@ -18,7 +18,7 @@ their own share; moving the counters to Redis is a later issue.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -134,19 +134,18 @@ class RequestSizeGuard:
         self.max_url_bytes = max_url_bytes
         self.max_header_bytes = max_header_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine function: a request that passes gets the next layer's coroutine
+        # itself, so no frame of this layer stays alive for as long as a stream is open.
         if scope["type"] == "http":
             raw_path = scope.get("raw_path") or scope["path"].encode()
             if len(raw_path) + len(scope["query_string"]) > self.max_url_bytes:
                 detail = f"URL longer than {self.max_url_bytes} bytes"
-                await self._refuse(scope, receive, send, 414, detail)
-                return
+                return self._refuse(scope, receive, send, 414, detail)
             if sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_header_bytes:
-                await self._refuse(
-                    scope, receive, send, 431, f"headers larger than {self.max_header_bytes} bytes"
-                )
-                return
-        await self.app(scope, receive, send)
+                detail = f"headers larger than {self.max_header_bytes} bytes"
+                return self._refuse(scope, receive, send, 431, detail)
+        return self.app(scope, receive, send)
 
     @staticmethod
     async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, detail: str) -> None:

@@ -25,6 +25,7 @@ import logging
 import math
 import socket
 import time
+from collections.abc import Awaitable
 from types import FrameType
 from typing import Any
 
@@ -64,20 +65,24 @@ class DrainGate:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine function: what passes gets the next layer's coroutine itself, so
+        # no frame of this layer stays alive for as long as a stream is open.
         if scope["type"] == "http":
             runs = _runs(scope.get("app"))
             if runs is not None and runs.draining:
                 if _starts_run(scope):
-                    await self._refuse(runs, scope, receive, send)
-                    return
+                    return self._refuse(runs, scope, receive, send)
                 if scope["path"] == "/healthz":
-                    body = orjson.dumps({"status": "draining"})
-                    headers = [(b"content-type", b"application/json")]
-                    await send({"type": "http.response.start", "status": 503, "headers": headers})
-                    await send({"type": "http.response.body", "body": body})
-                    return
-        await self.app(scope, receive, send)
+                    return self._unhealthy(send)
+        return self.app(scope, receive, send)
+
+    @staticmethod
+    async def _unhealthy(send: Send) -> None:
+        body = orjson.dumps({"status": "draining"})
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     @staticmethod
     async def _refuse(runs: RunService, scope: Scope, receive: Receive, send: Send) -> None:
