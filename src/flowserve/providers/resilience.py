@@ -9,8 +9,8 @@ would see the text twice.
 
 Time limits: the first token must arrive within ``ttft_timeout`` of the call (retries and
 their waits included), enforced here by a cancel scope around the wait for the first chunk
-only. The whole stream must finish within ``total_timeout``, enforced by the *consumer* with
-:func:`total_time_limit`, one scope around its whole loop. Neither is a scope around a
+only. The whole stream must finish within ``total_timeout``, enforced by the *consumer*, one
+timeout around its whole loop, raising :func:`stream_timeout`. Neither is a scope around a
 ``yield`` (a cancel scope left open while an async generator is suspended fires inside the
 consumer's code, PEP 789), and nothing is paid per chunk: once the first chunk is in, chunks
 pass straight through.
@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import anyio
@@ -92,14 +91,10 @@ async def resilient_stream(
                     await aclose()
 
 
-@contextmanager
-def total_time_limit(policy: RetryPolicy, provider: str | None) -> Iterator[None]:
-    """Wrap the consumer's whole loop over :func:`resilient_stream`: one deadline scope, in the
-    consumer's own frame, raising ProviderTimeoutError when ``total_timeout`` passes."""
-    with anyio.CancelScope(deadline=anyio.current_time() + policy.total_timeout) as scope:
-        yield
-    if scope.cancelled_caught:
-        raise _timeout(policy, first_token=False, provider=provider)
+def stream_timeout(policy: RetryPolicy, provider: str | None) -> ProviderTimeoutError:
+    """The error for a stream that outlived ``total_timeout``, raised by the consumer that
+    enforces it (one ``asyncio.timeout`` around its whole loop, in its own frame)."""
+    return _timeout(policy, first_token=False, provider=provider)
 
 
 class _Expired(Exception):

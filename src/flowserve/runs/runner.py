@@ -31,7 +31,7 @@ from flowserve.flows.graph import Flow, Node
 from flowserve.flows.spec import LLMNodeSpec
 from flowserve.providers.base import LLMRequest, Message
 from flowserve.providers.registry import ProviderRegistry
-from flowserve.providers.resilience import RetryPolicy, resilient_stream, total_time_limit
+from flowserve.providers.resilience import RetryPolicy, resilient_stream, stream_timeout
 from flowserve.runs._channel import Channel
 
 log = logging.getLogger("flowserve.runner")
@@ -127,21 +127,28 @@ class Runner:
         timeout = limits.timeout if limits and limits.timeout else self.timeout
         idle = limits.idle_timeout if limits and limits.idle_timeout else self.idle_timeout
         try:
-            with anyio.move_on_after(timeout) as deadline:
-                idle_timer = _IdleTimer(state, idle, deadline) if idle else None
-                try:
-                    if len(flow.order) == 1:  # the common one-node flow: no task of its own
-                        await self._node(flow.nodes[flow.order[0]], state, memory, send, None)
-                    else:
-                        async with anyio.create_task_group() as tg:
-                            for node_id in flow.order:
-                                node = flow.nodes[node_id]
-                                tg.start_soon(self._node, node, state, memory, send, tg)
-                finally:
-                    if idle_timer is not None:
-                        idle_timer.cancel()
-            if deadline.cancelled_caught and state.failure is None:
-                state.failure = RunTimeoutError(f"run exceeded its time limit of {timeout:g}s")
+            # asyncio's timeout, not an anyio scope: one timer, no scope object with its sets
+            # and weak references kept for as long as the run is open.
+            deadline = asyncio.timeout(timeout)
+            try:
+                async with deadline:
+                    idle_timer = _IdleTimer(state, idle, deadline) if idle else None
+                    try:
+                        if len(flow.order) == 1:  # the common one-node flow: no task of its own
+                            await self._node(flow.nodes[flow.order[0]], state, memory, send, None)
+                        else:
+                            async with anyio.create_task_group() as tg:
+                                for node_id in flow.order:
+                                    node = flow.nodes[node_id]
+                                    tg.start_soon(self._node, node, state, memory, send, tg)
+                    finally:
+                        if idle_timer is not None:
+                            idle_timer.cancel()
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                if state.failure is None:
+                    state.failure = RunTimeoutError(f"run exceeded its time limit of {timeout:g}s")
             if state.failure is not None:
                 err = state.failure
                 final = RunFinished(
@@ -229,11 +236,17 @@ class Runner:
                 total_timeout=spec.timeout or policy.total_timeout,
             )
         stream = resilient_stream(provider, request, policy)
+        # The stream's whole-time limit, one timer in this frame (not a scope around a yield).
+        limit = asyncio.timeout(policy.total_timeout)
         try:
-            with total_time_limit(policy, provider.name):
+            async with limit:
                 async for chunk in stream:
                     parts.append(chunk)
                     send.send_nowait(NodeDelta(node_id, chunk))
+        except TimeoutError:
+            if not limit.expired():
+                raise
+            raise stream_timeout(policy, provider.name) from None
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
             state.usage[node_id] = request.usage.as_dict()  # partial when cancelled
@@ -247,10 +260,10 @@ class _IdleTimer:
     """The idle limit, on the event loop's timers rather than a task per run: a few times per
     limit, compare the progress count with the last one seen."""
 
-    __slots__ = ("handle", "idle", "interval", "loop", "quiet_since", "scope", "seen", "state")
+    __slots__ = ("deadline", "handle", "idle", "interval", "loop", "quiet_since", "seen", "state")
 
-    def __init__(self, state: _RunState, idle: float, scope: anyio.CancelScope) -> None:
-        self.state, self.idle, self.scope = state, idle, scope
+    def __init__(self, state: _RunState, idle: float, deadline: asyncio.Timeout) -> None:
+        self.state, self.idle, self.deadline = state, idle, deadline
         self.interval = min(1.0, idle / 10)
         self.loop = asyncio.get_running_loop()
         self.seen, self.quiet_since = state.progress(), self.loop.time()
@@ -263,7 +276,7 @@ class _IdleTimer:
         elif now - self.quiet_since >= self.idle:
             if self.state.failure is None:
                 self.state.failure = RunTimeoutError(f"no output for {self.idle:g}s")
-            self.scope.cancel()
+            self.deadline.reschedule(self.loop.time())  # expire the run's deadline now
             return
         self.handle = self.loop.call_later(self.interval, self._tick)
 
