@@ -38,6 +38,12 @@ inputs: {in-0: {default: "a b c d e f g h i j"}}
 nodes: {llm-0: {type: llm, provider: scripted, model: "echo?delay=0.02", prompt: "{in-0}"}}
 outputs: {out-0: llm-0}
 """)
+    server.publish("""
+id: instant
+inputs: {in-0: {default: "x"}}
+nodes: {t0: {type: template, template: "{in-0}A"}}
+outputs: {out-0: t0, out-1: in-0}
+""")
     try:
         yield server
     finally:
@@ -94,3 +100,25 @@ def test_a_slow_client_gets_merged_updates_and_the_whole_answer(srv):
     # 6000 tokens, far fewer messages: pending updates were merged while the client lagged.
     assert len(messages) < 4500
     assert all(messages[i + 1].startswith(messages[i]) for i in range(len(messages) - 1))
+
+
+@pytest.mark.parametrize("route", ["legacy", "v0-sse", "v0-ndjson"])
+def test_deltas_of_nodes_that_finish_at_once_add_up_to_the_output_once(srv, route):
+    """A one-node template flow finishes before the stream's first frame is written: its
+    text must come once, in the deltas, not also in the first frame."""
+    base, org = srv.base_url, srv.org
+    url = {
+        "legacy": f"{base}/stream_exported_flow?flow_id=instant&org={org}&delta=true",
+        "v0-sse": f"{base}/inference/v0/stream/{org}/instant?sse=true",
+        "v0-ndjson": f"{base}/inference/v0/stream/{org}/instant",
+    }[route]
+    r = httpx.post(url, headers=srv.auth(), json={"in-0": "q"}, timeout=30)
+    assert r.status_code == 200
+    if route == "v0-ndjson":
+        frames = [json.loads(line)["outputs"] for line in r.text.splitlines()]
+    elif route == "v0-sse":
+        frames = [m.json()["outputs"] for m in sse.parse(r.text)]
+    else:
+        frames = [m.json() for m in sse.parse(r.text)]
+    joined = {out: "".join(f.get(out, "") for f in frames) for out in ("out-0", "out-1")}
+    assert joined == {"out-0": "qA", "out-1": "q"}

@@ -34,6 +34,7 @@ class Encoder:
         self.delta = delta
         self.sse = sse
         self.seq = 0
+        self.outputs_from = run.flow.outputs.items()
         self.node_outputs: dict[str, list[str]] = {}
         for out_id, source in run.flow.outputs.items():
             self.node_outputs.setdefault(source, []).append(out_id)
@@ -50,9 +51,13 @@ class Encoder:
         return b"id: %s:%d\ndata: %s\n\n" % (self.run.id.encode(), self.seq, data)
 
     def first(self) -> bytes:
-        # Nothing has streamed yet: node outputs are "", and an output that is an input
-        # already holds its value (in delta mode, this frame is its only delta).
-        return self.frame(self.payload(self.run.outputs()))
+        # Node outputs start "": whatever a node has produced by now (a template node
+        # finishes within the run's first loop turn) is in the events still to be encoded,
+        # and in delta mode counting it here too would send it twice. An output that is an
+        # input already holds its value (in delta mode, this frame is its only delta).
+        inputs = self.run.inputs
+        outputs = {out: inputs.get(src, "") for out, src in self.outputs_from}
+        return self.frame(self.payload(outputs))
 
     def batch(self, events: list[Event]) -> bytes | None:
         """One merged frame for a batch of events, or None if nothing visible changed."""
