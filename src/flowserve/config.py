@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(default=600, ge=0)  # default per key; 0 = no limit
     max_concurrent_runs_per_key: int = Field(default=20, ge=1)  # beyond: 429
     max_concurrent_runs: int = Field(default=200, ge=1)  # beyond: 503
+    # streams being set up at once; more wait their turn (flowserve.http.pacing)
+    max_concurrent_setups: int = Field(default=2, ge=1)
 
     # run time limits; a flow's ``limits: {timeout, idle_timeout}`` overrides them
     run_timeout: float = Field(default=600.0, gt=0)  # total seconds

@@ -13,6 +13,7 @@ from flowserve.config import Settings
 from flowserve.errors import AuthError, FlowserveError, ForbiddenError
 from flowserve.flows.spec import LLMNodeSpec
 from flowserve.http.limits import Limits
+from flowserve.http.pacing import SetupGate
 from flowserve.providers.base import ProviderEnv
 from flowserve.providers.registry import EndpointPolicy, ProviderRegistry
 from flowserve.providers.resilience import RetryPolicy
@@ -39,6 +40,7 @@ class AppState:
     limits: Limits
     instances: InstanceStore
     key_cache: RefreshingCache[str, Principal]
+    setup_gate: SetupGate
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:
@@ -69,7 +71,8 @@ class AppState:
         key_cache = RefreshingCache[str, Principal](settings.key_cache_ttl)
         keys = KeyStore(db)
         limits = Limits(settings)
-        return cls(settings, db, registry, keys, flows, runs, limits, instances, key_cache)
+        gate = SetupGate(settings.max_concurrent_setups)
+        return cls(settings, db, registry, keys, flows, runs, limits, instances, key_cache, gate)
 
     async def authenticate(self, header: str | None, org_id: str) -> Principal:
         """The caller's key, which must belong to ``org_id``. Every failure is the same 401,

@@ -30,6 +30,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from flowserve.http.frames import Encoder
+from flowserve.http.pacing import SETUP_KEY
 from flowserve.runs.service import Run
 
 log = logging.getLogger("flowserve.http")
@@ -76,6 +77,7 @@ class RunStreamResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._send = send
         self._receive = receive
+        self._setup_done = scope.get(SETUP_KEY)
         self._last_write = time.monotonic()
         try:
             with anyio.CancelScope() as self._cancel:
@@ -109,6 +111,8 @@ class RunStreamResponse(Response):
             # One loop turn for the run's first steps before we write anything: its upstream
             # request is then on its way while the response head and first frame go out.
             await asyncio.sleep(0)
+            if self._setup_done is not None:  # set-up over: let the next stream's begin
+                self._setup_done()
             self._watch_soon()
             await self._start_response()
             encoder = self.make_encoder(run)
