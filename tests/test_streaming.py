@@ -68,15 +68,16 @@ def test_a_client_that_keeps_up_gets_every_token_at_once(srv):
     assert frames == ["", "a", " b", " c", " d", " e", " f", " g", " h", " i", " j"]
 
 
-def test_a_slow_client_gets_merged_updates_and_the_whole_answer(srv):
+def read_slowly(server, flow: str) -> list[str]:
+    """Stream ``flow`` through a client that reads nothing for a second; its messages."""
     body = json.dumps({}).encode()
     request = (
-        f"POST /stream_exported_flow?flow_id=flood&org={srv.org} HTTP/1.1\r\n"
-        f"Host: 127.0.0.1\r\nAuthorization: Bearer {srv.public_key}\r\n"
+        f"POST /stream_exported_flow?flow_id={flow}&org={server.org} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1\r\nAuthorization: Bearer {server.public_key}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         "Connection: close\r\n\r\n"
     ).encode() + body
-    port = int(srv.base_url.rsplit(":", 1)[1])
+    port = int(server.base_url.rsplit(":", 1)[1])
     chunks = []
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(request)
@@ -95,11 +96,32 @@ def test_a_slow_client_gets_merged_updates_and_the_whole_answer(srv):
             break
         text.append(rest[:size])
         rest = rest[size + 2 :]
-    messages = [m.json()["out-0"] for m in sse.parse("".join(text))]
+    return [m.json()["out-0"] for m in sse.parse("".join(text))]
+
+
+def test_a_slow_client_gets_merged_updates_and_the_whole_answer(srv):
+    messages = read_slowly(srv, "flood")
     assert messages[-1] == " ".join(["w"] * 6000)
     # 6000 tokens, far fewer messages: pending updates were merged while the client lagged.
     assert len(messages) < 4500
     assert all(messages[i + 1].startswith(messages[i]) for i in range(len(messages) - 1))
+
+
+def test_with_coalescing_off_every_token_is_its_own_message(tmp_path):
+    """The switch the benchmark uses to measure what coalescing saves really turns it off."""
+    server = start_server(tmp_path, env={"FLOWSERVE_STREAM_COALESCE": "false"})
+    try:
+        server.publish("""
+id: flood
+inputs: {in-0: {default: "w"}}
+nodes: {llm-0: {type: llm, provider: scripted, model: "echo?repeat=3000", prompt: "{in-0}"}}
+outputs: {out-0: llm-0}
+""")
+        messages = read_slowly(server, "flood")
+    finally:
+        stop_server(server)
+    assert messages[-1] == " ".join(["w"] * 3000)
+    assert len(messages) >= 3000  # one per token (plus the first, empty one)
 
 
 @pytest.mark.parametrize("route", ["legacy", "v0-sse", "v0-ndjson"])

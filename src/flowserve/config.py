@@ -31,6 +31,9 @@ class Settings(BaseSettings):
 
     # streaming
     keepalive_interval: float = Field(default=15.0, gt=0)
+    # merge the events that piled up while a client was slow into one frame; off only to
+    # measure what that saves (bench/relay.py)
+    stream_coalesce: bool = True
     resume_grace: float = Field(default=0.0, ge=0)
 
     # request limits (each refusal is a 4xx naming the limit, before any provider is called)

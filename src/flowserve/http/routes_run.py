@@ -91,6 +91,7 @@ def _streaming(
             lambda run: encoder_cls(run, delta=delta, sse=sse),
             sse=sse,
             keepalive_interval=state.settings.keepalive_interval,
+            coalesce=state.settings.stream_coalesce,
             extra_headers=caller.headers,
         )
     except BaseException:

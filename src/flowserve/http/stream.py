@@ -58,11 +58,13 @@ class RunStreamResponse(Response):
         sse: bool,
         keepalive_interval: float,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
+        coalesce: bool = True,
     ) -> None:
         self.start_run = start_run
         self.make_encoder = make_encoder
         self.sse = sse
         self.keepalive_interval = keepalive_interval
+        self.coalesce = coalesce
         self.status_code = 200
         self.background = None
         self.raw_headers = (SSE_HEADERS if sse else NDJSON_HEADERS) + (extra_headers or [])
@@ -118,10 +120,11 @@ class RunStreamResponse(Response):
             encoder = self.make_encoder(run)
             await self._write(encoder.first())
             receive = run.receive_nowait
+            coalesce = self.coalesce
             async for event in run.events():
                 batch = [event]
-                # Whatever arrived while we were writing goes into the same frame.
-                batch.extend(receive())
+                if coalesce:  # whatever arrived while we were writing goes into this frame
+                    batch.extend(receive())
                 data = encoder.batch(batch)
                 if data:
                     await self._write(data)
