@@ -47,7 +47,7 @@ class Target:
 
 
 class StreamResult:
-    __slots__ = ("arrivals", "end", "error", "first", "start", "text")
+    __slots__ = ("arrivals", "body_bytes", "end", "error", "first", "messages", "start", "text")
 
     def __init__(self, start: float) -> None:
         self.start = start
@@ -56,6 +56,8 @@ class StreamResult:
         self.arrivals: list[float] = []
         self.text = ""
         self.error: str | None = None
+        self.messages = 0  # SSE data lines (frames) received
+        self.body_bytes = 0  # de-chunked body bytes received
 
     @property
     def ttft(self) -> float:
@@ -164,10 +166,12 @@ class Conn(asyncio.Protocol):
         self.lines = lines.pop()
         result = self.result
         assert result is not None
+        result.body_bytes += len(data)
         kind, width = self.kind, self.width
         for line in lines:
             if not line.startswith(b"data: "):
                 continue
+            result.messages += 1
             payload = line[6:]
             if kind == OPENAI:
                 if payload == b"[DONE]":

@@ -278,6 +278,47 @@ def render(out: dict[str, Any]) -> str:
             ),
         ]
 
+    coalescing = out.get("coalescing", {})
+    if coalescing:
+        rows = [
+            [
+                name,
+                f"{row['completed']}/{row['streams']}",
+                row["streams_per_s"],
+                row["tokens_per_s"],
+                row["ttft_ms"]["p50"],
+                f"{row['server_cpu_s_per_1k_tokens']:.3f}",
+                row["messages_per_stream"],
+                row["body_kib_per_stream"],
+            ]
+            for name, row in coalescing.items()
+        ]
+        parts += [
+            "",
+            "### Adaptive coalescing on and off (saturation load, c=100, gap 0)",
+            "",
+            "`on` is the flowserve above; `off` a second flowserve process on the same "
+            "upstream with `FLOWSERVE_STREAM_COALESCE=false` (every event its own frame), "
+            "measured in alternating slices. Messages: SSE `data:` lines the client received "
+            "per stream (the fake upstream sends each response's 50 tokens in one write); body: "
+            "bytes of SSE per stream (legacy frames are cumulative, so unmerged frames repeat "
+            "the text so far).",
+            "",
+            table(
+                [
+                    "flowserve",
+                    "ok",
+                    "streams/s",
+                    "tokens/s",
+                    "TTFT p50 ms",
+                    "server CPU s / 1k tokens",
+                    "messages per stream",
+                    "body KiB per stream",
+                ],
+                rows,
+            ),
+        ]
+
     profile = {k: v for k, v in out.get("profile", {}).items() if isinstance(v, dict)}
     for name, prof in profile.items():
         threads = ", ".join(

@@ -129,7 +129,7 @@ class Flowserve:
             await state.aclose()
         return public.token
 
-    def start(self) -> float:
+    def start(self, extra_env: dict[str, str] | None = None) -> float:
         """Start the process; returns its perf_counter start time."""
         self.port = free_port()
         env = {
@@ -143,6 +143,7 @@ class Flowserve:
             "FLOWSERVE_RATE_LIMIT_PER_MINUTE": "0",
             "FLOWSERVE_MAX_CONCURRENT_RUNS_PER_KEY": "1000000",
             "FLOWSERVE_MAX_CONCURRENT_RUNS": "1000000",
+            **(extra_env or {}),
         }
         started = time.perf_counter()
         self.process = spawn(

@@ -78,6 +78,7 @@ def plan(quick: bool) -> dict[str, Any]:
             "paced": {1: 4, 10: 1},
             "sat_slices": 1,
             "sat_seconds": 2.0,
+            "coalesce_slices": 1,
             "profile_seconds": 3,
             "open_streams": 500,
             "litellm_open_streams": 200,
@@ -89,6 +90,7 @@ def plan(quick: bool) -> dict[str, Any]:
         "paced": {1: 30, 10: 4, 100: 2, 1000: 1},
         "sat_slices": 3,
         "sat_seconds": 3.0,
+        "coalesce_slices": 2,
         "profile_seconds": 8,
         "open_streams": 5000,
         "litellm_open_streams": 1000,
@@ -120,6 +122,7 @@ class Bench:
             "ttft_c1": {},
             "paced": {},
             "saturation": {},
+            "coalescing": {},
             "open_streams": {},
             "profile": {},
             "notes": [],
@@ -470,6 +473,71 @@ class Bench:
                 flush=True,
             )
 
+    async def phase_coalescing(self) -> None:
+        """What adaptive coalescing saves: the saturation load on flowserve as it runs and on
+        a second flowserve with ``FLOWSERVE_STREAM_COALESCE=false`` (every event its own
+        frame), interleaved slice by slice."""
+        slices, seconds = self.plan["coalesce_slices"], self.plan["sat_seconds"]
+        print(
+            f"\ncoalescing: saturation on flowserve with coalescing on and off, "
+            f"{slices} x {seconds:g} s each, interleaved",
+            flush=True,
+        )
+        off = Flowserve(self.workdir / "no-coalesce", self.fake.v1)
+        off.workdir.mkdir(exist_ok=True)
+        await asyncio.to_thread(off.prepare)  # asyncio.run inside: not on this loop
+        started = off.start({"FLOWSERVE_STREAM_COALESCE": "false"})
+        pools: dict[str, tuple[Pool, int]] = {}
+        try:
+            auth = {"authorization": f"Bearer {off.public_key}"}
+            probe = Target(
+                "probe", off.port, f"/stream_exported_flow?flow_id={FLOW_ID}&org={ORG}",
+                orjson.dumps({"in-0": "hi"}), LEGACY, auth,
+            )  # fmt: skip
+            await self._first_served(probe, started, off.process)
+            for route in FS_TARGETS:
+                on = self.pools[route].target
+                pools[f"{route} on"] = (self.pools[route], self.flowserve.pid)
+                twin = Target(on.name, off.port, on.path, on.body, on.kind, auth)
+                pools[f"{route} off"] = (Pool(twin, TOKEN_WIDTH), off.pid)
+            self.fake.control(gap_ms=0)
+            for _, (pool, _) in pools.items():  # warm both
+                await run_batch(pool, 10, 3, 30, time.perf_counter() + 30)
+            acc = {n: {"results": [], "wall": 0.0, "cpu": 0.0} for n in pools}
+            for _ in range(slices):
+                for name, (pool, pid) in pools.items():
+                    cpu0 = cpu_seconds(pid)
+                    got, wall = await run_batch(
+                        pool, 100, 1_000_000, 60, time.perf_counter() + seconds
+                    )
+                    acc[name]["results"] += got
+                    acc[name]["wall"] += wall
+                    acc[name]["cpu"] += cpu_seconds(pid) - cpu0
+        finally:
+            for name, (pool, _) in pools.items():
+                if name.endswith(" off"):
+                    pool.close()
+            off.stop()
+        for name, a in acc.items():
+            row = summarise(a["results"], self.expected, 0.0, a["wall"])
+            ok = [r for r in a["results"] if r.error is None and r.text == self.expected]
+            tokens = row["completed"] * self.tokens
+            row.update(
+                server_cpu_s_per_1k_tokens=a["cpu"] * 1000 / tokens if tokens else math.nan,
+                messages_per_stream=statistics.mean(r.messages for r in ok) if ok else math.nan,
+                body_kib_per_stream=statistics.mean(r.body_bytes for r in ok) / 1024
+                if ok
+                else math.nan,
+            )
+            self.out["coalescing"][name] = row
+            print(
+                f"  {name:14} {row['streams_per_s']:8.1f} streams/s {row['tokens_per_s']:9.0f} "
+                f"tok/s | server CPU {row['server_cpu_s_per_1k_tokens']:.3f} s/1k tok | "
+                f"{row['messages_per_stream']:.1f} messages, "
+                f"{row['body_kib_per_stream']:.1f} KiB per stream | errors {row['errors'] or 0}",
+                flush=True,
+            )
+
     async def phase_profile(self) -> None:
         seconds = self.plan["profile_seconds"]
         if _profile.py_spy() is None:
@@ -667,7 +735,12 @@ class Bench:
         foreign = ForeignLoad()
         try:
             await self.warm_up()
-            for phase in (self.phase_ttft, self.phase_paced, self.phase_saturation):
+            for phase in (
+                self.phase_ttft,
+                self.phase_paced,
+                self.phase_saturation,
+                self.phase_coalescing,
+            ):
                 # The client's own garbage collector stays out of the measurements: a gen-2
                 # pass over a heap of results would show up as a latency spike on any target.
                 gc.collect()
