@@ -62,3 +62,26 @@ def test_client_disconnect_cancels_the_run(server: Server):
     )
     assert r.status_code == 200 and r.json()["out-0"]
     assert time.monotonic() - started < 5
+
+
+def test_client_leaving_an_ndjson_stream_cancels_the_run(server: Server):
+    """The v0 stream without SSE has no keepalive timer; leaving it is still noticed."""
+    url = f"{server.base_url}/inference/v0/stream/{server.org}/long"
+    run_id = None
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream("POST", url, headers=server.auth(), json={}) as response,
+    ):
+        assert response.status_code == 200
+        for n, line in enumerate(response.iter_lines()):
+            run_id = json.loads(line)["run_id"]
+            if n >= 8:
+                break
+        left_at = time.monotonic()
+    rec = record(server, "long", run_id)
+    while rec["state"] == "RUNNING" and time.monotonic() - left_at < 10:
+        time.sleep(0.05)
+        rec = record(server, "long", run_id)
+    assert rec["state"] == "CANCELLED", rec
+    assert time.monotonic() - left_at < 3
+    assert rec["usage"]["llm-0"]["completion_tokens"] < 60

@@ -152,7 +152,8 @@ class RunStreamResponse(Response):
                 continue
             message: Any = None
             try:
-                async with asyncio.timeout(interval - quiet):
+                # None for NDJSON (no keepalive): no timer at all while the stream is open.
+                async with asyncio.timeout(None if interval == math.inf else interval - quiet):
                     message = await receive()
             except TimeoutError:
                 pass
