@@ -23,7 +23,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from flowserve.errors import FlowserveError
 from flowserve.http.errors import flowserve_error_handler
-from flowserve.http.pacing import SETUP_KEY
 from flowserve.http.routes_run import stream_exported_flow, stream_v0
 
 _TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
@@ -86,17 +85,12 @@ class FastRunRoutes:
                 call = None
             if call is not None:
                 endpoint, kwargs = call
-                setup_done = await scope["app"].state.flowserve.setup_gate.enter()
-                scope[SETUP_KEY] = setup_done  # the stream calls it once its upstream call is out
+                request = Request(scope, receive)
                 try:
-                    request = Request(scope, receive)
-                    try:
-                        response = await endpoint(request, **kwargs)
-                    except FlowserveError as exc:
-                        response = await flowserve_error_handler(request, exc)
-                    await response(scope, receive, send)
-                finally:
-                    setup_done()  # if nothing did (an error answer): no-op otherwise
+                    response = await endpoint(request, **kwargs)
+                except FlowserveError as exc:
+                    response = await flowserve_error_handler(request, exc)
+                await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

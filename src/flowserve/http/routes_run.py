@@ -92,6 +92,7 @@ def _streaming(
             sse=sse,
             keepalive_interval=state.settings.keepalive_interval,
             coalesce=state.settings.stream_coalesce,
+            gate=state.setup_gate,
             extra_headers=caller.headers,
         )
     except BaseException:

@@ -30,7 +30,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from flowserve.http.frames import Encoder
-from flowserve.http.pacing import SETUP_KEY
+from flowserve.http.pacing import SetupGate, SetupPass
 from flowserve.runs.service import Run
 
 log = logging.getLogger("flowserve.http")
@@ -59,12 +59,15 @@ class RunStreamResponse(Response):
         keepalive_interval: float,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
         coalesce: bool = True,
+        gate: SetupGate | None = None,
     ) -> None:
         self.start_run = start_run
         self.make_encoder = make_encoder
         self.sse = sse
         self.keepalive_interval = keepalive_interval
         self.coalesce = coalesce
+        self.gate = gate
+        self._setup_done: SetupPass | None = None
         self.status_code = 200
         self.background = None
         self.raw_headers = (SSE_HEADERS if sse else NDJSON_HEADERS) + (extra_headers or [])
@@ -79,12 +82,15 @@ class RunStreamResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._send = send
         self._receive = receive
-        self._setup_done = scope.get(SETUP_KEY)
+        if self.gate is not None:  # wait for our turn to start (flowserve.http.pacing)
+            self._setup_done = await self.gate.enter()
         self._last_write = time.monotonic()
         try:
             with anyio.CancelScope() as self._cancel:
                 await self._relay()
         finally:
+            if self._setup_done is not None:
+                self._setup_done()  # no-op if the relay already gave the slot back
             if self._watcher is not None:
                 self._watcher.cancel()
         await self._start_response()  # if the run never started
