@@ -148,7 +148,19 @@ class RunStreamResponse(Response):
     async def _watch(self, receive: Receive) -> None:
         """Wait for ``http.disconnect`` and cancel the run when it comes; meanwhile (SSE
         only) write a keepalive comment whenever nothing was written for the interval. One
-        task for both: a second task per stream cost memory and a wake-up per interval."""
+        task for both: a second task per stream cost memory and a wake-up per interval.
+
+        Cancelled by ``__call__`` when the response has ended, it ends quietly: a task that
+        ends on CancelledError keeps the error, whose traceback's frames hold the response,
+        and through it the run and everything else of the stream, in a reference cycle. Only
+        the full collection frees such cycles; with each stream's objects left to it, it ran
+        every few seconds at 100 streams and stopped the event loop for ~30 ms each time."""
+        try:
+            await self._watch_until_gone(receive)
+        except asyncio.CancelledError:
+            return
+
+    async def _watch_until_gone(self, receive: Receive) -> None:
         interval = self.keepalive_interval if self.sse else math.inf
         while True:
             quiet = time.monotonic() - self._last_write

@@ -23,7 +23,6 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 import anyio
-from anyio.abc import TaskGroup
 
 from flowserve.errors import FlowserveError, NodeError, RunTimeoutError
 from flowserve.events import Event, NodeCompleted, NodeDelta, NodeStarted, RunFinished
@@ -57,7 +56,7 @@ class _RunState:
     ) -> None:
         self.values: dict[str, str] = dict(inputs)
         # Only the nodes others wait for get an event (memory per open stream).
-        self.done = {dep: anyio.Event() for node in flow.nodes.values() for dep in node.deps}
+        self.done = {dep: asyncio.Event() for node in flow.nodes.values() for dep in node.deps}
         self.completed = 0
         self.usage = usage
         self.failure: NodeError | RunTimeoutError | None = None
@@ -137,10 +136,14 @@ class Runner:
                         if len(flow.order) == 1:  # the common one-node flow: no task of its own
                             await self._node(flow.nodes[flow.order[0]], state, memory, send, None)
                         else:
-                            async with anyio.create_task_group() as tg:
+                            # asyncio's task group: anyio's wraps each child in a handle
+                            # whose cancel scope and stored error outlive the run in cycles.
+                            nodes: list[asyncio.Task[None]] = []
+                            async with asyncio.TaskGroup() as tg:
                                 for node_id in flow.order:
                                     node = flow.nodes[node_id]
-                                    tg.start_soon(self._node, node, state, memory, send, tg)
+                                    coro = self._node(node, state, memory, send, nodes)
+                                    nodes.append(tg.create_task(coro))
                     finally:
                         if idle_timer is not None:
                             idle_timer.cancel()
@@ -157,6 +160,13 @@ class Runner:
             else:
                 final = RunFinished("COMPLETED", usage=state.usage)
             send.send_nowait(final)
+        except asyncio.CancelledError as exc:
+            # Cancelled by start() when its block is left (the consumer is gone): end quietly.
+            # A task that ends on the error keeps it, and its traceback's frames hold the
+            # run's state in a cycle only the full collection frees (tests/test_no_cycles.py);
+            # so does Python 3.11's TaskGroup, whose __aexit__ frame keeps the error it raises.
+            exc.__traceback__ = None
+            return
         finally:
             send.close()
 
@@ -166,7 +176,7 @@ class Runner:
         state: _RunState,
         memory: Memory | None,
         send: Channel[Event],
-        tg: TaskGroup | None,
+        siblings: list[asyncio.Task[None]] | None,
     ) -> None:
         try:
             for dep in node.deps:
@@ -185,22 +195,42 @@ class Runner:
                 done.set()
         except FlowserveError as exc:
             self._fail(
-                state, tg, exc if isinstance(exc, NodeError) else NodeError(exc.message), node.id
+                state,
+                siblings,
+                exc if isinstance(exc, NodeError) else NodeError(exc.message),
+                node.id,
             )
-        except anyio.get_cancelled_exc_class():
-            raise
+        except asyncio.CancelledError:
+            if siblings is None:
+                raise  # the one node runs in the run's own task: its cancellation is the run's
+            # A node task cancelled (by a failed sibling, the run's deadline or the consumer
+            # leaving) just ends: the run's task handles its own cancellation, and a task that
+            # ended on the error would keep it, with frames holding the run's state, in a
+            # cycle only the full collection frees.
+            return
         except Exception as exc:  # a bug or an unmapped library error: keep details in logs
             log.exception("node %s failed unexpectedly", node.id)
-            self._fail(state, tg, NodeError(f"internal error ({type(exc).__name__})"), node.id)
+            error = NodeError(f"internal error ({type(exc).__name__})")
+            self._fail(state, siblings, error, node.id)
 
     @staticmethod
-    def _fail(state: _RunState, tg: TaskGroup | None, error: NodeError, node_id: str) -> None:
+    def _fail(
+        state: _RunState,
+        siblings: list[asyncio.Task[None]] | None,
+        error: NodeError,
+        node_id: str,
+    ) -> None:
         if error.node_id is None:
             error.node_id = node_id
         if state.failure is None:
-            state.failure = error
-        if tg is not None:  # cancel the other nodes
-            tg.cancel_scope.cancel()
+            # Kept without its traceback: its frames hold the run's state, which holds the
+            # error, a cycle only the full collection would free (tests/test_no_cycles.py).
+            state.failure = error.with_traceback(None)
+        if siblings is not None:  # cancel the other nodes
+            current = asyncio.current_task()
+            for task in siblings:
+                if task is not current:
+                    task.cancel()
 
     async def _llm(
         self,
