@@ -51,6 +51,18 @@ def plan(quick: bool) -> dict[str, Any]:
     }
 
 
+def flowserve_probe(server: Flowserve) -> Target:
+    """A legacy stream of the relay flow on ``server``: what start-up is timed with."""
+    return Target(
+        "probe",
+        server.port,
+        f"/stream_exported_flow?flow_id={FLOW_ID}&org={ORG}",
+        orjson.dumps({"in-0": "hi"}),
+        LEGACY,
+        {"authorization": f"Bearer {server.public_key}"},
+    )
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
@@ -178,18 +190,13 @@ class Bench:
     async def start_flowserve_once(self) -> float:
         started = self.flowserve.start()
         self.pids["fs-legacy"] = self.pids["fs-v0"] = self.flowserve.pid
-        # Start to first request served: retry the first stream until the port answers.
-        probe = Target(
-            "probe",
-            self.flowserve.port,
-            f"/stream_exported_flow?flow_id={FLOW_ID}&org={ORG}",
-            orjson.dumps({"in-0": "hi"}),
-            LEGACY,
-            {"authorization": f"Bearer {self.flowserve.public_key}"},
+        return await self.first_served(
+            flowserve_probe(self.flowserve), started, self.flowserve.process
         )
-        return await self.first_served(probe, started, self.flowserve.process)
 
     async def first_served(self, probe: Target, started: float, process: Any) -> float:
+        """Seconds from ``started`` to the first stream ``probe`` gets whole: the first
+        stream is retried until the port answers."""
         pool = Pool(probe, TOKEN_WIDTH)
         deadline = started + 120
         try:

@@ -9,14 +9,14 @@ import math
 import os
 import statistics
 import time
+from typing import Any
 
 import _profile
-import orjson
-from _harness import FS_TARGETS, HERE, RESULTS, Bench
-from _loadgen import LEGACY, Pool, Target, run_batch
+from _harness import FS_TARGETS, HERE, RESULTS, Bench, flowserve_probe
+from _loadgen import Pool, Target, run_batch
 from _procs import cpu_seconds, memory_kib
 from _report import summarise
-from _servers import FLOW_ID, ORG, Flowserve
+from _servers import Flowserve
 from fake_upstream import TOKEN_WIDTH, expected_text
 
 
@@ -78,40 +78,46 @@ async def phase_paced(bench: Bench) -> None:
                 print(f"      errors: {row['errors']}", flush=True)
 
 
+SATURATION_C = 100  # closed-loop workers in the saturation and coalescing phases
+
+
+def _tally() -> dict[str, Any]:
+    return {"results": [], "wall": 0.0, "cpu": 0.0, "fake_cpu": 0.0, "client_cpu": 0.0}
+
+
+async def _saturate(
+    bench: Bench, pool: Pool, pid: int, seconds: float, into: dict[str, Any]
+) -> None:
+    """One closed-loop slice on ``pool``; adds its results, wall time and CPU (the server
+    ``pid``, the fake upstream, this client) to ``into``."""
+    cpu0, fake0 = cpu_seconds(pid), cpu_seconds(bench.fake.pid)
+    client0 = sum(os.times()[:2])
+    got, wall = await run_batch(pool, SATURATION_C, 1_000_000, 60, time.perf_counter() + seconds)
+    into["results"] += got
+    into["wall"] += wall
+    into["cpu"] += cpu_seconds(pid) - cpu0
+    into["fake_cpu"] += cpu_seconds(bench.fake.pid) - fake0
+    into["client_cpu"] += sum(os.times()[:2]) - client0
+
+
 async def phase_saturation(bench: Bench) -> None:
     slices, seconds = bench.plan["sat_slices"], bench.plan["sat_seconds"]
-    concurrency = 100
     print(
-        f"\nsaturation: gap 0, closed loop c={concurrency}, {slices} x {seconds:g} s "
+        f"\nsaturation: gap 0, closed loop c={SATURATION_C}, {slices} x {seconds:g} s "
         "per target, interleaved",
         flush=True,
     )
     bench.fake.control(gap_ms=0)
-    names = list(bench.pools)
-    acc = {
-        n: {"results": [], "wall": 0.0, "cpu": 0.0, "fake_cpu": 0.0, "client_cpu": 0.0}
-        for n in names
-    }
+    acc = {name: _tally() for name in bench.pools}
     for _ in range(slices):
-        for name in names:
-            pid = bench.pids[name]
-            cpu0, fake0 = cpu_seconds(pid), cpu_seconds(bench.fake.pid)
-            client0 = sum(os.times()[:2])
-            got, wall = await run_batch(
-                bench.pools[name], concurrency, 1_000_000, 60, time.perf_counter() + seconds
-            )
-            a = acc[name]
-            a["results"] += got
-            a["wall"] += wall
-            a["cpu"] += cpu_seconds(pid) - cpu0
-            a["fake_cpu"] += cpu_seconds(bench.fake.pid) - fake0
-            a["client_cpu"] += sum(os.times()[:2]) - client0
+        for name, pool in bench.pools.items():
+            await _saturate(bench, pool, bench.pids[name], seconds, acc[name])
     for name, a in acc.items():
         row = summarise(a["results"], bench.expected, 0.0, a["wall"])
         tokens = row["completed"] * bench.tokens
         per_k = 1000 / tokens if tokens else math.nan
         row.update(
-            concurrency=concurrency,
+            concurrency=SATURATION_C,
             server_cpu_s=a["cpu"],
             server_cpu_s_per_1k_tokens=a["cpu"] * per_k,
             server_cpu_util=a["cpu"] / a["wall"],
@@ -147,11 +153,7 @@ async def phase_coalescing(bench: Bench) -> None:
     pools: dict[str, tuple[Pool, int]] = {}
     try:
         auth = {"authorization": f"Bearer {off.public_key}"}
-        probe = Target(
-            "probe", off.port, f"/stream_exported_flow?flow_id={FLOW_ID}&org={ORG}",
-            orjson.dumps({"in-0": "hi"}), LEGACY, auth,
-        )  # fmt: skip
-        await bench.first_served(probe, started, off.process)
+        await bench.first_served(flowserve_probe(off), started, off.process)
         for route in FS_TARGETS:
             on = bench.pools[route].target
             pools[f"{route} on"] = (bench.pools[route], bench.flowserve.pid)
@@ -160,14 +162,10 @@ async def phase_coalescing(bench: Bench) -> None:
         bench.fake.control(gap_ms=0)
         for _, (pool, _) in pools.items():  # warm both
             await run_batch(pool, 10, 3, 30, time.perf_counter() + 30)
-        acc = {n: {"results": [], "wall": 0.0, "cpu": 0.0} for n in pools}
+        acc = {name: _tally() for name in pools}
         for _ in range(slices):
             for name, (pool, pid) in pools.items():
-                cpu0 = cpu_seconds(pid)
-                got, wall = await run_batch(pool, 100, 1_000_000, 60, time.perf_counter() + seconds)
-                acc[name]["results"] += got
-                acc[name]["wall"] += wall
-                acc[name]["cpu"] += cpu_seconds(pid) - cpu0
+                await _saturate(bench, pool, pid, seconds, acc[name])
     finally:
         for name, (pool, _) in pools.items():
             if name.endswith(" off"):
