@@ -20,6 +20,15 @@ def record(server: Server, flow: str, run_id: str) -> dict:
     return httpx.get(url, headers=server.auth(server.private_key), timeout=10).json()
 
 
+def settled(server: Server, flow: str, run_id: str, since: float) -> dict:
+    """The run's record once it is no longer RUNNING (or after 10 s from ``since``)."""
+    rec = record(server, flow, run_id)
+    while rec["state"] == "RUNNING" and time.monotonic() - since < 10:
+        time.sleep(0.05)
+        rec = record(server, flow, run_id)
+    return rec
+
+
 def test_client_disconnect_cancels_the_run(server: Server):
     url = f"{server.base_url}/stream_exported_flow?flow_id=long&org={server.org}"
     received = ""
@@ -40,10 +49,7 @@ def test_client_disconnect_cancels_the_run(server: Server):
                 break
         left_at = time.monotonic()
     # The connection is closed here. The run must end promptly, not after 2000 tokens.
-    rec = record(server, "long", run_id)
-    while rec["state"] == "RUNNING" and time.monotonic() - left_at < 10:
-        time.sleep(0.05)
-        rec = record(server, "long", run_id)
+    rec = settled(server, "long", run_id, left_at)
     assert rec["state"] == "CANCELLED", rec
     assert time.monotonic() - left_at < 3
     partial = rec["outputs"]["out-0"]
@@ -78,10 +84,7 @@ def test_client_leaving_an_ndjson_stream_cancels_the_run(server: Server):
             if n >= 8:
                 break
         left_at = time.monotonic()
-    rec = record(server, "long", run_id)
-    while rec["state"] == "RUNNING" and time.monotonic() - left_at < 10:
-        time.sleep(0.05)
-        rec = record(server, "long", run_id)
+    rec = settled(server, "long", run_id, left_at)
     assert rec["state"] == "CANCELLED", rec
     assert time.monotonic() - left_at < 3
     assert rec["usage"]["llm-0"]["completion_tokens"] < 60

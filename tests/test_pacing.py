@@ -79,77 +79,79 @@ async def test_a_waiter_that_gives_up_takes_no_slot() -> None:
     (await asyncio.wait_for(gate.enter(), 1))()
 
 
-@pytest.mark.slow
-def test_a_client_sending_its_body_slowly_does_not_hold_up_other_streams(tmp_path):
-    server = start_server(tmp_path, env={"FLOWSERVE_MAX_CONCURRENT_SETUPS": "1"})
-    try:
-        server.publish("""
+@pytest.fixture(scope="module")
+def narrow(tmp_path_factory):
+    """A server that sets up one stream at a time, with a quick and a paced flow."""
+    server = start_server(
+        tmp_path_factory.mktemp("pacing"), env={"FLOWSERVE_MAX_CONCURRENT_SETUPS": "1"}
+    )
+    server.publish("""
 id: quick
 inputs: {in-0: {default: "a b"}}
 nodes: {llm-0: {type: llm, provider: scripted, model: "echo", prompt: "{in-0}"}}
 outputs: {out-0: llm-0}
 """)
-        port = int(server.base_url.rsplit(":", 1)[1])
-        path = f"/stream_exported_flow?flow_id=quick&org={server.org}"
-        stalled: list[socket.socket] = []
-        try:
-            for _ in range(3):  # more slow clients than the gate has slots
-                sock = socket.create_connection(("127.0.0.1", port))
-                sock.sendall(
-                    f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.public_key}"
-                    "\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode()
-                )
-                stalled.append(sock)
-            time.sleep(0.3)
-            started = time.monotonic()
-            r = httpx.post(server.base_url + path, headers=server.auth(), json={}, timeout=10)
-            assert r.status_code == 200
-            assert [m.json() for m in sse.parse(r.text)][-1] == {"out-0": "a b"}
-            assert time.monotonic() - started < 2
-        finally:
-            for sock in stalled:
-                sock.close()
-    finally:
-        stop_server(server)
-
-
-@pytest.mark.slow
-def test_with_one_set_up_at_a_time_every_request_is_still_served(tmp_path):
-    """Width 1: a burst of streams all complete, and answers without a run (401, 404)
-    give their slot back, so the requests behind them are not stuck."""
-    server = start_server(tmp_path, env={"FLOWSERVE_MAX_CONCURRENT_SETUPS": "1"})
-    try:
-        server.publish("""
+    server.publish("""
 id: paced
 inputs: {in-0: {default: "a b c d e"}}
 nodes: {llm-0: {type: llm, provider: scripted, model: "echo?delay=0.05", prompt: "{in-0}"}}
 outputs: {out-0: llm-0}
 """)
-        url = f"{server.base_url}/stream_exported_flow?org={server.org}&flow_id="
-
-        def stream(flow: str, headers: dict[str, str]) -> httpx.Response:
-            return httpx.post(url + flow, content=json.dumps({}), headers=headers, timeout=30)
-
-        good = server.auth()
-        calls = [("paced", good)] * 12 + [
-            ("paced", {"authorization": "Bearer nope"}),
-            ("missing", good),
-        ] * 3
-        with ThreadPoolExecutor(len(calls)) as pool:
-            responses = list(pool.map(lambda c: stream(*c), calls))
-        ok = [
-            r
-            for (flow, h), r in zip(calls, responses, strict=True)
-            if h is good and flow == "paced"
-        ]
-        assert len(ok) == 12
-        for r in ok:
-            assert r.status_code == 200
-            assert [m.json() for m in sse.parse(r.text)][-1] == {"out-0": "a b c d e"}
-        statuses = sorted(r.status_code for r in responses if r not in ok)
-        assert statuses == [401] * 3 + [404] * 3
-        # And the gate is free again: one more stream is served at once.
-        last = stream("paced", good)
-        assert last.status_code == 200
+    try:
+        yield server
     finally:
         stop_server(server)
+
+
+@pytest.mark.slow
+def test_a_client_sending_its_body_slowly_does_not_hold_up_other_streams(narrow):
+    server = narrow
+    port = int(server.base_url.rsplit(":", 1)[1])
+    path = f"/stream_exported_flow?flow_id=quick&org={server.org}"
+    stalled: list[socket.socket] = []
+    try:
+        for _ in range(3):  # more slow clients than the gate has slots
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(
+                f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {server.public_key}"
+                "\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{".encode()
+            )
+            stalled.append(sock)
+        time.sleep(0.3)
+        started = time.monotonic()
+        r = httpx.post(server.base_url + path, headers=server.auth(), json={}, timeout=10)
+        assert r.status_code == 200
+        assert [m.json() for m in sse.parse(r.text)][-1] == {"out-0": "a b"}
+        assert time.monotonic() - started < 2
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+@pytest.mark.slow
+def test_with_one_set_up_at_a_time_every_request_is_still_served(narrow):
+    """Width 1: a burst of streams all complete, and answers without a run (401, 404)
+    give their slot back, so the requests behind them are not stuck."""
+    server = narrow
+    url = f"{server.base_url}/stream_exported_flow?org={server.org}&flow_id="
+
+    def stream(flow: str, headers: dict[str, str]) -> httpx.Response:
+        return httpx.post(url + flow, content=json.dumps({}), headers=headers, timeout=30)
+
+    good = server.auth()
+    calls = [("paced", good)] * 12 + [
+        ("paced", {"authorization": "Bearer nope"}),
+        ("missing", good),
+    ] * 3
+    with ThreadPoolExecutor(len(calls)) as pool:
+        responses = list(pool.map(lambda c: stream(*c), calls))
+    ok = [r for (flow, h), r in zip(calls, responses, strict=True) if h is good and flow == "paced"]
+    assert len(ok) == 12
+    for r in ok:
+        assert r.status_code == 200
+        assert [m.json() for m in sse.parse(r.text)][-1] == {"out-0": "a b c d e"}
+    statuses = sorted(r.status_code for r in responses if r not in ok)
+    assert statuses == [401] * 3 + [404] * 3
+    # And the gate is free again: one more stream is served at once.
+    last = stream("paced", good)
+    assert last.status_code == 200
