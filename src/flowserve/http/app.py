@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 gc.collect()
                 gc.freeze()
                 # A stream's objects are freed by reference counting (no cycles on the stream
-                # path; tests/test_streaming.py checks), so a full collection finds nothing and
+                # path; tests/test_no_cycles.py checks), so a full collection finds nothing and
                 # only stops the loop, ~10 ms with 100 streams open. Frozen start-up no longer
                 # counts as long-lived, so the default (after every 10 middle collections)
                 # ran one every few seconds; this makes it ten times rarer.
