@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from flowserve.errors import ConfigError, FlowValidationError, InputError
 from flowserve.flows.spec import FlowSpec, LLMNodeSpec, TemplateNodeSpec
 from flowserve.flows.template import Template, parse_template
+from flowserve.providers.endpoints import EndpointError
 from flowserve.providers.registry import ProviderRegistry
 
 
@@ -29,6 +30,9 @@ class Node:
     model: str | None = None
     provider: str | None = None  # resolved provider name (llm nodes)
     options: Mapping[str, Any] = field(default_factory=dict)
+    # the node's base_url as checked by the endpoint policy and rebuilt from its parsed parts:
+    # what the provider is given, never the file's raw string
+    base_url: str | None = None
 
     @property
     def is_llm(self) -> bool:
@@ -127,7 +131,7 @@ def _toposort(deps: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
 
 def _check_llm(
     node_id: str, spec: LLMNodeSpec, registry: ProviderRegistry
-) -> tuple[list[tuple[str, str]], list[str], str | None, dict[str, Any]]:
+) -> tuple[list[tuple[str, str]], list[str], str | None, dict[str, Any], str | None]:
     problems: list[tuple[str, str]] = []
     warnings: list[str] = []
     loc = f"nodes.{node_id}"
@@ -135,15 +139,19 @@ def _check_llm(
     try:
         provider_cls = registry.provider_class(provider_name)
     except ConfigError as exc:
-        return [(f"{loc}.provider", exc.message)], [], None, {}
+        return [(f"{loc}.provider", exc.message)], [], None, {}, None
     provider = registry.get(provider_name)
     model = spec.model or provider_cls.default_model
     if model is None:
         problems.append((f"{loc}.model", f"provider {provider_name!r} needs a model"))
     elif (problem := provider.check_model(model)) is not None:
         problems.append((f"{loc}.model", problem))
-    if spec.base_url is not None and (bad := registry.policy.base_url_problem(spec.base_url)):
-        problems.append((f"{loc}.base_url", bad))
+    base_url: str | None = None
+    if spec.base_url is not None:
+        try:
+            base_url = registry.policy.check_base_url(spec.base_url)
+        except EndpointError as exc:
+            problems.append((f"{loc}.base_url", f"base_url {exc}"))
     if spec.api_key_env is not None and (bad := registry.policy.key_env_problem(spec.api_key_env)):
         problems.append((f"{loc}.api_key_env", bad))
     options: dict[str, Any] = {}
@@ -161,7 +169,7 @@ def _check_llm(
         warnings.append(
             f"{loc}: environment variable {var} is not set; runs of this node will fail until it is"
         )
-    return problems, warnings, model, options
+    return problems, warnings, model, options, base_url
 
 
 def compile_flow(spec: FlowSpec, registry: ProviderRegistry) -> Flow:
@@ -202,9 +210,12 @@ def compile_flow(spec: FlowSpec, registry: ProviderRegistry) -> Flow:
 
     models: dict[str, str | None] = {}
     options: dict[str, dict[str, Any]] = {}
+    base_urls: dict[str, str | None] = {}
     for node_id, node_spec in spec.nodes.items():
         if isinstance(node_spec, LLMNodeSpec):
-            p, w, models[node_id], options[node_id] = _check_llm(node_id, node_spec, registry)
+            p, w, models[node_id], options[node_id], base_urls[node_id] = _check_llm(
+                node_id, node_spec, registry
+            )
             problems += p
             warnings += w
 
@@ -221,6 +232,7 @@ def compile_flow(spec: FlowSpec, registry: ProviderRegistry) -> Flow:
             if isinstance(node_spec, LLMNodeSpec)
             else None,
             options=options.get(node_id, {}),
+            base_url=base_urls.get(node_id),
         )
         for node_id, node_spec in spec.nodes.items()
     }

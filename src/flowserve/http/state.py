@@ -15,7 +15,8 @@ from flowserve.flows.spec import LLMNodeSpec
 from flowserve.http.limits import Limits
 from flowserve.http.pacing import SetupGate
 from flowserve.providers.base import ProviderEnv
-from flowserve.providers.registry import EndpointPolicy, ProviderRegistry
+from flowserve.providers.endpoints import EndpointPolicy
+from flowserve.providers.registry import ProviderRegistry
 from flowserve.providers.resilience import RetryPolicy
 from flowserve.runs.runner import Runner
 from flowserve.runs.service import FlowService, RunService
@@ -51,6 +52,7 @@ class AppState:
             policy=EndpointPolicy(
                 tuple(settings.allowed_base_urls), tuple(settings.allowed_key_envs)
             ),
+            test_providers=settings.test_providers,
         )
         policy = RetryPolicy(
             max_retries=settings.max_retries,

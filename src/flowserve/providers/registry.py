@@ -6,38 +6,17 @@ a provider is one module plus one line there; nothing in the core changes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from importlib.metadata import entry_points
 from typing import Any
 
 from flowserve.errors import ConfigError
 from flowserve.providers.base import Provider, ProviderEnv
+from flowserve.providers.endpoints import EndpointPolicy
 
 ENTRY_POINT_GROUP = "flowserve.providers"
-
-
-@dataclass(frozen=True, slots=True)
-class EndpointPolicy:
-    """What a flow *file* may point a provider at. Flow publishers are not operators: without
-    this, a node with ``base_url: https://attacker.example`` and ``api_key_env: OPENAI_API_KEY``
-    would send the server's key to the publisher. Endpoints set by the operator in the provider
-    settings are not subject to it."""
-
-    allowed_base_urls: tuple[str, ...] = ("http://127.0.0.1", "http://localhost", "http://[::1]")
-    allowed_key_envs: tuple[str, ...] = ("*_API_KEY", "*_API_TOKEN")
-
-    def base_url_problem(self, url: str) -> str | None:
-        for prefix in self.allowed_base_urls:
-            prefix = prefix.rstrip("/")
-            if url == prefix or url.startswith((prefix + "/", prefix + ":")):
-                return None
-        return f"base_url {url!r} is not allowed by this server (settings: allowed_base_urls)"
-
-    def key_env_problem(self, name: str) -> str | None:
-        if any(fnmatchcase(name, pattern) for pattern in self.allowed_key_envs):
-            return None
-        return f"api_key_env {name!r} is not allowed by this server (settings: allowed_key_envs)"
+# providers for tests and demos, loaded only with the ``test_providers`` setting
+TEST_ENTRY_POINT_GROUP = "flowserve.test_providers"
+__all__ = ["ENTRY_POINT_GROUP", "TEST_ENTRY_POINT_GROUP", "EndpointPolicy", "ProviderRegistry"]
 
 
 class ProviderRegistry:
@@ -53,11 +32,17 @@ class ProviderRegistry:
 
     @classmethod
     def from_entry_points(
-        cls, env: ProviderEnv, default: str = "local", policy: EndpointPolicy | None = None
+        cls,
+        env: ProviderEnv,
+        default: str = "local",
+        policy: EndpointPolicy | None = None,
+        test_providers: bool = False,
     ) -> ProviderRegistry:
         registry = cls(env, default, policy)
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            registry.register_lazy(ep.name, ep)
+        groups = [ENTRY_POINT_GROUP] + ([TEST_ENTRY_POINT_GROUP] if test_providers else [])
+        for group in groups:
+            for ep in entry_points(group=group):
+                registry.register_lazy(ep.name, ep)
         return registry
 
     def register(self, name: str, provider_cls: type[Provider]) -> None:

@@ -254,7 +254,7 @@ class Runner:
             system=system,
             options=dict(node.options),
             api_key_env=spec.api_key_env,
-            base_url=spec.base_url,
+            base_url=node.base_url,
         )
         node_id = node.id
         parts = state.parts[node_id]
