@@ -39,6 +39,8 @@ class BenchServer:
             "FLOWSERVE_DATABASE_URL": self.database_url,
             "FLOWSERVE_PORT": str(self.port),
             "FLOWSERVE_LOG_LEVEL": "warning",
+            # the soak's flows use the scripted provider, which a server registers only then
+            "FLOWSERVE_TEST_PROVIDERS": "true",
             **self.env,
         }
         self.log = (self.tmp / "server.log").open("wb")

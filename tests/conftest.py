@@ -22,6 +22,10 @@ from flowserve.config import Settings
 from flowserve.http.state import AppState
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The scripted test provider is off in a production server (test_providers); the suite turns it
+# on for itself and for every server it starts. tests/test_scripted_gate.py checks the default.
+os.environ["FLOWSERVE_TEST_PROVIDERS"] = "true"
 FLOWS = Path(__file__).resolve().parent / "flows"
 
 

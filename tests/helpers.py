@@ -12,7 +12,7 @@ from flowserve.providers.registry import ProviderRegistry
 
 def registry(environ: dict[str, str] | None = None) -> ProviderRegistry:
     env = ProviderEnv(environ=dict(os.environ) if environ is None else environ, settings={})
-    return ProviderRegistry.from_entry_points(env)
+    return ProviderRegistry.from_entry_points(env, test_providers=True)
 
 
 def flow(text: str, environ: dict[str, str] | None = None) -> Flow:

@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     allowed_key_envs: list[str] = Field(default_factory=lambda: ["*_API_KEY", "*_API_TOKEN"])
     # provider sections, e.g. {"local": {"instances": 1, "n_threads": 2}}
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # register the providers meant for tests and demos (the scripted one); off in production
+    test_providers: bool = False
     warm_up: bool = True
 
     @classmethod
