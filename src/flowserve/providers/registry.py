@@ -6,6 +6,7 @@ a provider is one module plus one line there; nothing in the core changes.
 
 from __future__ import annotations
 
+import threading
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -29,6 +30,7 @@ class ProviderRegistry:
         self._classes: dict[str, type[Provider]] = {}
         self._instances: dict[str, Provider] = {}
         self._lazy: dict[str, Any] = {}
+        self._lock = threading.RLock()
 
     @classmethod
     def from_entry_points(
@@ -60,16 +62,22 @@ class ProviderRegistry:
         if name not in self._classes:
             if name not in self._lazy:
                 raise ConfigError(f"unknown provider {name!r} (known: {', '.join(self.names())})")
-            self._classes[name] = self._lazy[name].load()
+            with self._lock:
+                if name not in self._classes:
+                    self._classes[name] = self._lazy[name].load()
         return self._classes[name]
 
     def get(self, name: str) -> Provider:
         instance = self._instances.get(name)
         if instance is None:
-            cls = self.provider_class(name)
-            section = self._env.settings.get(name, {})
-            instance = cls(ProviderEnv(environ=self._env.environ, settings=section))
-            self._instances[name] = instance
+            # Flows are compiled on worker threads (publishing): one instance per provider.
+            with self._lock:
+                instance = self._instances.get(name)
+                if instance is None:
+                    cls = self.provider_class(name)
+                    section = self._env.settings.get(name, {})
+                    instance = cls(ProviderEnv(environ=self._env.environ, settings=section))
+                    self._instances[name] = instance
         return instance
 
     async def aclose(self) -> None:
