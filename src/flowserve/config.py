@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     # streams being set up at once; more wait their turn (flowserve.http.pacing)
     max_concurrent_setups: int = Field(default=2, ge=1)
 
+    # what one published flow may hold (a 422 naming the setting beyond)
+    max_flow_nodes: int = Field(default=500, ge=1)
+    max_flow_outputs: int = Field(default=100, ge=1)
+    # text one run may produce: each node's output or rendered prompt, and all nodes together;
+    # beyond, the run fails naming the node (a chain of doubling templates made 4.2 MB a run)
+    max_node_chars: int = Field(default=1_000_000, ge=1)
+    max_run_chars: int = Field(default=4_000_000, ge=1)
+
     # run time limits; a flow's ``limits: {timeout, idle_timeout}`` overrides them
     run_timeout: float = Field(default=600.0, gt=0)  # total seconds
     run_idle_timeout: float = Field(default=120.0, gt=0)  # seconds without a token

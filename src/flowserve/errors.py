@@ -14,6 +14,7 @@
     ├── APIError                     (Python client) a server answered with an error
     │   └── RunFailedError           (Python client) the run failed after streaming began
     └── NodeError                    a node failed while running (carries node_id)
+        ├── OutputTooLargeError      a node's text, or the run's, is over the size limit
         └── ProviderError            raised by a provider adapter at its boundary
             ├── ProviderAuthError        upstream rejected the credentials
             ├── ProviderRateLimitError   upstream 429 (retry_after)
@@ -144,6 +145,13 @@ class NodeError(FlowserveError):
 
     def __str__(self) -> str:
         return f"node {self.node_id}: {self.message}" if self.node_id else self.message
+
+
+class OutputTooLargeError(NodeError):
+    """A node's output (or rendered prompt), or all the text of the run, went over the
+    server's limit (settings ``max_node_chars``, ``max_run_chars``)."""
+
+    error_type = "output_too_large"
 
 
 class ProviderError(NodeError):

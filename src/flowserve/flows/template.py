@@ -27,6 +27,13 @@ class Template:
     def names(self) -> tuple[str, ...]:
         return self.parts[1::2]
 
+    def size(self, values: Mapping[str, str]) -> int:
+        """The length :meth:`render` would return, without building it (so that a template
+        that would expand past a limit is refused before it takes the memory)."""
+        parts = self.parts
+        literal = sum(len(parts[i]) for i in range(0, len(parts), 2))
+        return literal + sum(len(values[parts[i]]) for i in range(1, len(parts), 2))
+
     def render(self, values: Mapping[str, str]) -> str:
         parts = self.parts
         out = [parts[0]]

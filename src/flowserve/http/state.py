@@ -18,7 +18,7 @@ from flowserve.providers.base import ProviderEnv
 from flowserve.providers.endpoints import EndpointPolicy
 from flowserve.providers.registry import ProviderRegistry
 from flowserve.providers.resilience import RetryPolicy
-from flowserve.runs.runner import Runner
+from flowserve.runs.runner import Runner, TextLimits
 from flowserve.runs.service import FlowService, RunService
 from flowserve.store.database import Database
 from flowserve.store.flows import FlowStore
@@ -59,8 +59,20 @@ class AppState:
             ttft_timeout=settings.first_token_timeout,
             total_timeout=settings.node_timeout,
         )
-        flows = FlowService(FlowStore(db), registry, settings.flow_cache_ttl)
-        runner = Runner(registry, policy, settings.run_timeout, settings.run_idle_timeout)
+        flows = FlowService(
+            FlowStore(db),
+            registry,
+            settings.flow_cache_ttl,
+            settings.max_flow_nodes,
+            settings.max_flow_outputs,
+        )
+        runner = Runner(
+            registry,
+            policy,
+            settings.run_timeout,
+            settings.run_idle_timeout,
+            TextLimits(settings.max_node_chars, settings.max_run_chars),
+        )
         instances = InstanceStore(db, settings.heartbeat_interval)
         runs = RunService(
             flows,

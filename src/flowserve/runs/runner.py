@@ -19,12 +19,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import anyio
 
-from flowserve.errors import FlowserveError, NodeError, RunTimeoutError
+from flowserve.errors import FlowserveError, NodeError, OutputTooLargeError, RunTimeoutError
 from flowserve.events import Event, NodeCompleted, NodeDelta, NodeStarted, RunFinished
 from flowserve.flows.graph import Flow, Node
 from flowserve.flows.spec import LLMNodeSpec
@@ -44,8 +44,35 @@ class Memory(Protocol):
     async def append(self, node_id: str, user: str, assistant: str) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class TextLimits:
+    """How much text one run may make: each node's output or rendered prompt, and the whole
+    run's output together. Checked before a template is rendered and as tokens arrive, so a
+    flow cannot make the server build (or a client receive) megabytes per run."""
+
+    node_chars: int = 1_000_000
+    run_chars: int = 4_000_000
+
+    def check(self, what: str, node_size: int, run_size: int) -> None:
+        if node_size > self.node_chars:
+            raise OutputTooLargeError(
+                f"{what} would be {node_size} characters, over this server's limit of "
+                f"{self.node_chars} per node (max_node_chars)"
+            )
+        if run_size > self.run_chars:
+            raise OutputTooLargeError(
+                f"the run's text would be {run_size} characters, over this server's limit "
+                f"of {self.run_chars} per run (max_run_chars)"
+            )
+
+    def reserve(self, state: _RunState, size: int) -> None:
+        """Count ``size`` more characters of a node's output, or refuse them."""
+        self.check("output", size, state.chars + size)
+        state.chars += size
+
+
 class _RunState:
-    __slots__ = ("completed", "done", "failure", "parts", "usage", "values")
+    __slots__ = ("chars", "completed", "done", "failure", "parts", "usage", "values")
 
     def __init__(
         self,
@@ -58,6 +85,7 @@ class _RunState:
         # Only the nodes others wait for get an event (memory per open stream).
         self.done = {dep: asyncio.Event() for node in flow.nodes.values() for dep in node.deps}
         self.completed = 0
+        self.chars = 0  # text the nodes produced, all together (TextLimits)
         self.usage = usage
         self.failure: NodeError | RunTimeoutError | None = None
         self.parts = parts  # each node's text so far, in pieces (the watchdog counts them)
@@ -75,11 +103,13 @@ class Runner:
         policy: RetryPolicy | None = None,
         timeout: float | None = None,
         idle_timeout: float | None = None,
+        text_limits: TextLimits | None = None,
     ) -> None:
         self.registry = registry
         self.policy = policy or RetryPolicy()
         self.timeout = timeout  # defaults for flows that set no ``limits``
         self.idle_timeout = idle_timeout
+        self.text_limits = text_limits or TextLimits()
 
     @asynccontextmanager
     async def start(
@@ -185,7 +215,9 @@ class Runner:
             if isinstance(node.spec, LLMNodeSpec):
                 text = await self._llm(node, node.spec, state, memory, send)
             else:
-                text = node.templates["template"].render(state.values)
+                template = node.templates["template"]
+                self.text_limits.reserve(state, template.size(state.values))
+                text = template.render(state.values)
                 state.parts[node.id].append(text)
                 send.send_nowait(NodeDelta(node.id, text))
             state.values[node.id] = text
@@ -241,6 +273,9 @@ class Runner:
         send: Channel[Event],
     ) -> str:
         provider = self.registry.get(node.provider or self.registry.default)
+        limits = self.text_limits
+        for name, template in node.templates.items():  # prompt, system: not output, not counted
+            limits.check(name, template.size(state.values), 0)
         prompt = node.templates["prompt"].render(state.values)
         system = (
             node.templates["system"].render(state.values) if "system" in node.templates else None
@@ -268,9 +303,14 @@ class Runner:
         stream = resilient_stream(provider, request, policy)
         # The stream's whole-time limit, one timer in this frame (not a scope around a yield).
         limit = asyncio.timeout(policy.total_timeout)
+        node_max, run_max, used = limits.node_chars, limits.run_chars, 0
         try:
             async with limit:
                 async for chunk in stream:
+                    used += len(chunk)
+                    state.chars += len(chunk)
+                    if used > node_max or state.chars > run_max:
+                        limits.check("output", used, state.chars)
                     parts.append(chunk)
                     send.send_nowait(NodeDelta(node_id, chunk))
         except TimeoutError:
