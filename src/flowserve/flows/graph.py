@@ -45,6 +45,9 @@ class Flow:
     nodes: Mapping[str, Node]
     order: tuple[str, ...]  # a topological order of the nodes
     warnings: tuple[str, ...] = ()
+    # LLM nodes whose prompt the inputs alone decide, on a provider that can refuse a prompt
+    # before the run (too long for its context): checked before a run starts, for a 4xx
+    prompt_checked: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
@@ -236,4 +239,17 @@ def compile_flow(spec: FlowSpec, registry: ProviderRegistry) -> Flow:
         )
         for node_id, node_spec in spec.nodes.items()
     }
-    return Flow(spec=spec, nodes=nodes, order=_toposort(deps), warnings=tuple(warnings))
+    prompt_checked = tuple(
+        node_id
+        for node_id, node in nodes.items()
+        if node.is_llm
+        and not node.deps
+        and registry.provider_class(node.provider or registry.default).checks_prompts
+    )
+    return Flow(
+        spec=spec,
+        nodes=nodes,
+        order=_toposort(deps),
+        warnings=tuple(warnings),
+        prompt_checked=prompt_checked,
+    )

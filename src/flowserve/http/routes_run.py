@@ -46,6 +46,8 @@ async def _prepare(
         request, settings.max_body_bytes, settings.max_inputs, settings.max_input_chars
     )
     inputs = loaded.flow.resolve_inputs(given)
+    if loaded.flow.prompt_checked:  # e.g. a prompt too long for the embedded model: a 422
+        await state.runs.runner.check_prompts(loaded.flow, inputs)
     slot = state.limits.acquire(caller.principal)  # last: a refused request holds no slot
     return state, caller, loaded, inputs, user_id, slot
 

@@ -67,6 +67,8 @@ class Provider:
     default_model: ClassVar[str | None] = None
     # environment variable holding the API key when the node does not name one, or None
     default_key_env: ClassVar[str | None] = None
+    # True if :meth:`prompt_problem` can refuse a request before it runs (costs a call)
+    checks_prompts: ClassVar[bool] = False
 
     def __init__(self, env: ProviderEnv) -> None:
         self.env = env
@@ -87,6 +89,13 @@ class Provider:
 
     def stream(self, request: LLMRequest) -> AsyncIterator[str]:
         raise NotImplementedError
+
+    async def prompt_problem(self, request: LLMRequest) -> str | None:
+        """Why ``request`` cannot be served, known without generating (say, a prompt longer
+        than the model's context), or None. Asked before a run starts, for the nodes whose
+        prompt the inputs alone decide, so that the caller gets a 4xx; only providers that
+        set ``checks_prompts`` are asked."""
+        return None
 
     async def prepare(self, model: str) -> None:
         """Optional warm-up before the first request (load weights, open pools)."""

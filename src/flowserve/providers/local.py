@@ -8,6 +8,17 @@ pool of ``instances`` contexts (setting ``local.instances``, default 1: on 2 cor
 using both cores beats two fighting over them) and a request waits for a free one. Cancelling
 the consuming task sets a flag the worker checks after every token, so generation stops within
 one token, and the context is only returned to the pool once the worker has let go of it.
+
+Every generation starts from an empty context. llama-cpp-python keeps the KV cache of the last
+prompt and, for a new prompt sharing its prefix, evaluates only the rest (at least the last
+token, alone): the first token's logits then come out of a different batch than on a fresh
+context, and at temperature 0 the same request gave different answers depending on what ran
+before (tests/test_local_model.py). Setting ``reuse_prompt_prefix: true`` trades that
+determinism for the saved prompt evaluation.
+
+A prompt longer than the context is refused with the numbers, before the run where the prompt
+is known from the inputs (the service asks :meth:`LocalProvider.prompt_problem`), else when
+the node starts; it is the request's fault, so it is not retried.
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ from typing import Any
 import anyio
 from pydantic import Field
 
-from flowserve.errors import ProviderBadRequestError, ProviderUpstreamError
+from flowserve.errors import ProviderBadRequestError, ProviderError, ProviderUpstreamError
 from flowserve.providers.base import LLMRequest, NodeOptions, Provider, ProviderEnv
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -51,6 +62,46 @@ class LocalOptions(NodeOptions):
     stop: list[str] | None = Field(default=None, max_length=8)
 
 
+class _PromptCounter:
+    """Counts the tokens of the prompt llama-cpp-python will build for a chat request: the
+    model's own chat template, tokenized as its chat handler does. A vocabulary-only load of
+    the file (no weights, no context), so counting never waits for a busy context."""
+
+    def __init__(self, path: Path) -> None:
+        from llama_cpp import Llama
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        self.vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
+        self.lock = threading.Lock()
+        template = self.vocab.metadata.get("tokenizer.chat_template")
+        self.formatter = None
+        if template:
+            eos, bos = self.vocab.token_eos(), self.vocab.token_bos()
+            self.formatter = Jinja2ChatFormatter(
+                template=template,
+                eos_token=self._text(eos),
+                bos_token=self._text(bos),
+                stop_token_ids=[eos],
+            )
+
+    def _text(self, token: int) -> str:
+        if token == -1:
+            return ""
+        return self.vocab.detokenize([token], special=True).decode("utf-8", "replace")
+
+    def count(self, messages: list[dict[str, str]]) -> int:
+        with self.lock:
+            if self.formatter is None:  # no template in the file: the contents, a lower bound
+                text = "\n".join(m["content"] for m in messages)
+                return len(self.vocab.tokenize(text.encode("utf-8"), special=True))
+            result = self.formatter(messages=messages)  # type: ignore[arg-type]
+            return len(
+                self.vocab.tokenize(
+                    result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True
+                )
+            )
+
+
 class _Pool:
     """Loaded contexts of one model file; at most ``size`` generations at once."""
 
@@ -61,6 +112,15 @@ class _Pool:
         self.free: asyncio.Queue[Any] = asyncio.Queue()
         self.loaded = 0
         self.lock = asyncio.Lock()
+        self._counter: _PromptCounter | None = None
+        self._counter_lock = threading.Lock()
+
+    def counter(self) -> _PromptCounter:
+        """The prompt counter of this file, loaded on first use (call from a worker thread)."""
+        with self._counter_lock:
+            if self._counter is None:
+                self._counter = _PromptCounter(self.path)
+            return self._counter
 
     async def acquire(self, executor: ThreadPoolExecutor) -> Any:
         async with self.lock:
@@ -84,6 +144,7 @@ class LocalProvider(Provider):
     name = "local"
     Options = LocalOptions
     default_model = DEFAULT_MODEL
+    checks_prompts = True
 
     def __init__(self, env: ProviderEnv) -> None:
         super().__init__(env)
@@ -95,6 +156,8 @@ class LocalProvider(Provider):
             "n_threads": threads,
             "seed": int(settings.get("seed", 0)),
         }
+        self.n_ctx = self.llama_kwargs["n_ctx"]
+        self.reuse_prefix = bool(settings.get("reuse_prompt_prefix", False))
         self._pools: dict[Path, _Pool] = {}
         # One thread per possible concurrent generation plus one for loading.
         self._executor = ThreadPoolExecutor(
@@ -134,6 +197,20 @@ class LocalProvider(Provider):
         llm = await pool.acquire(self._executor)
         pool.free.put_nowait(llm)
 
+    def _too_long(self, pool: _Pool, request: LLMRequest) -> str | None:
+        tokens = pool.counter().count(self._messages(request))
+        if tokens < self.n_ctx:
+            return None
+        return (
+            f"the prompt is {tokens} tokens, which does not fit the model's context of "
+            f"{self.n_ctx} tokens (setting providers.local.n_ctx)"
+        )
+
+    async def prompt_problem(self, request: LLMRequest) -> str | None:
+        pool = self._pool(request.model)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._too_long, pool, request)
+
     async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
         pool = self._pool(request.model)
         llm = await pool.acquire(self._executor)
@@ -141,13 +218,20 @@ class LocalProvider(Provider):
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()
         worker = loop.run_in_executor(
-            self._executor, self._generate, llm, request, queue, loop, stop
+            self._executor, self._generate, pool, llm, request, queue, loop, stop
         )
         try:
             while True:
                 item = await queue.get()
                 if item is _DONE:
                     break
+                if isinstance(item, ProviderError):
+                    raise item
+                if isinstance(item, ValueError):  # llama-cpp-python refusing the request
+                    raise ProviderBadRequestError(
+                        f"local model refused the request: {type(item).__name__}",
+                        provider=self.name,
+                    ) from item
                 if isinstance(item, BaseException):
                     raise ProviderUpstreamError(
                         f"local model failed: {type(item).__name__}", provider=self.name
@@ -161,6 +245,7 @@ class LocalProvider(Provider):
 
     def _generate(
         self,
+        pool: _Pool,
         llm: Any,
         request: LLMRequest,
         queue: asyncio.Queue[Any],
@@ -170,6 +255,11 @@ class LocalProvider(Provider):
         put = queue.put_nowait
         completion = 0
         try:
+            if (problem := self._too_long(pool, request)) is not None:
+                loop.call_soon_threadsafe(put, ProviderBadRequestError(problem, provider=self.name))
+                return
+            if not self.reuse_prefix:
+                llm.reset()  # evaluate the whole prompt: the same request, the same answer
             chunks: Iterator[Any] = llm.create_chat_completion(
                 messages=self._messages(request), stream=True, **self._options(request)
             )

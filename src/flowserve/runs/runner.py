@@ -24,7 +24,13 @@ from typing import Any, Protocol
 
 import anyio
 
-from flowserve.errors import FlowserveError, NodeError, OutputTooLargeError, RunTimeoutError
+from flowserve.errors import (
+    FlowserveError,
+    InputError,
+    NodeError,
+    OutputTooLargeError,
+    RunTimeoutError,
+)
 from flowserve.events import Event, NodeCompleted, NodeDelta, NodeStarted, RunFinished
 from flowserve.flows.graph import Flow, Node
 from flowserve.flows.spec import LLMNodeSpec
@@ -245,6 +251,42 @@ class Runner:
             error = NodeError(f"internal error ({type(exc).__name__})")
             self._fail(state, siblings, error, node.id)
 
+    def _request(
+        self,
+        node: Node,
+        spec: LLMNodeSpec,
+        values: Mapping[str, str],
+        history: list[Message],
+    ) -> LLMRequest:
+        for name, template in node.templates.items():  # prompt, system: not output, not counted
+            self.text_limits.check(name, template.size(values), 0)
+        prompt = node.templates["prompt"].render(values)
+        system = node.templates["system"].render(values) if "system" in node.templates else None
+        return LLMRequest(
+            model=node.model or "",
+            messages=[*history, Message("user", prompt)],
+            system=system,
+            options=dict(node.options),
+            api_key_env=spec.api_key_env,
+            base_url=node.base_url,
+        )
+
+    async def check_prompts(self, flow: Flow, inputs: Mapping[str, str]) -> None:
+        """Before a run: ask the providers that can (``checks_prompts``) whether the prompts
+        the inputs alone decide can be served. A refusal is the caller's input error (422),
+        known before anything streams; what memory adds is checked when the node runs."""
+        for node_id in flow.prompt_checked:
+            node = flow.nodes[node_id]
+            assert isinstance(node.spec, LLMNodeSpec)
+            provider = self.registry.get(node.provider or self.registry.default)
+            try:
+                request = self._request(node, node.spec, inputs, [])
+                problem = await provider.prompt_problem(request)
+            except NodeError as exc:
+                problem = exc.message
+            if problem is not None:
+                raise InputError(f"node {node_id}: {problem}", ("body",))
+
     @staticmethod
     def _fail(
         state: _RunState,
@@ -274,23 +316,11 @@ class Runner:
     ) -> str:
         provider = self.registry.get(node.provider or self.registry.default)
         limits = self.text_limits
-        for name, template in node.templates.items():  # prompt, system: not output, not counted
-            limits.check(name, template.size(state.values), 0)
-        prompt = node.templates["prompt"].render(state.values)
-        system = (
-            node.templates["system"].render(state.values) if "system" in node.templates else None
-        )
         history: list[Message] = []
         if memory is not None and spec.memory is not None:
             history = await memory.load(node.id, spec.memory.window)
-        request = LLMRequest(
-            model=node.model or "",
-            messages=[*history, Message("user", prompt)],
-            system=system,
-            options=dict(node.options),
-            api_key_env=spec.api_key_env,
-            base_url=node.base_url,
-        )
+        request = self._request(node, spec, state.values, history)
+        prompt = request.messages[-1].content
         node_id = node.id
         parts = state.parts[node_id]
         policy = self.policy
