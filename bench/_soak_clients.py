@@ -57,6 +57,7 @@ class Stats:
     ttfb: list[float] = field(default_factory=list)  # good streams: seconds to first byte
     run_ids: list[tuple[float, str, str]] = field(default_factory=list)  # (when, flow, run id)
     late_records: int = 0  # run records readable only on a second try
+    local_answers: dict[str, str] = field(default_factory=dict)  # flow -> its first answer
 
     def note(self, kind: str, status: int) -> None:
         self.statuses[(kind, status)] += 1
@@ -287,8 +288,15 @@ async def local_model(
 ) -> None:
     r = await client.post(f"/inference/v0/run/{t.org}/soak-local", json={}, headers=t.auth())
     stats.note("local-model", r.status_code)
-    if r.status_code != 200 or r.json()["state"] != "COMPLETED" or not r.json()["outputs"]["out-0"]:
+    if r.status_code != 200 or r.json()["state"] != "COMPLETED":
         stats.wrong("local-model", f"status {r.status_code}: {r.text[:100]}")
+        return
+    # The same request at temperature 0, under load: the same answer every time (whatever
+    # the words are on this CPU).
+    answer = r.json()["outputs"]["out-0"]
+    first = stats.local_answers.setdefault("soak-local", answer)
+    if answer != first:
+        stats.wrong("local-model", f"answer changed: {first[:40]!r} then {answer[:40]!r}")
 
 
 # kind -> (client function, how many run at once)

@@ -90,21 +90,22 @@ def test_streams_the_complete_answer_from_the_embedded_model(node: str, server: 
     assert result["content_type"].startswith("text/event-stream"), result
     assert result["messages"] > 2, result  # it really streamed
 
-    blocking = httpx.post(
-        f"{server.base_url}/run_deployed_flow",
-        params={"flow_id": "local", "org": server.org},
-        json=QUESTION,
-        headers=server.auth(),
-        timeout=120,
+    # The run the client streamed, as the server recorded it (the SSE id is "<run_id>:<seq>").
+    run_id = result["last_event_id"].split(":")[0]
+    record = httpx.get(
+        f"{server.base_url}/inference/v0/run/{server.org}/local/metadata",
+        params={"run_id": run_id},
+        headers=server.auth(server.private_key),
+        timeout=30,
     )
-    assert blocking.status_code == 200, blocking.text
-    expected = blocking.json()["out-0"]
-    assert isinstance(expected, str) and expected.strip()
+    assert record.status_code == 200, record.text
+    stored = record.json()
+    assert stored["state"] == "COMPLETED", stored
+    assert stored["outputs"]["out-0"].strip()
 
     # The example overwrites `outputs` on every message: what it holds at the end must be the
     # whole answer, which only works if the legacy stream sends cumulative outputs.
-    assert result["outputs"]["out-0"] == expected
-    assert result["outputs"]["out-0"].strip()
+    assert result["outputs"] == stored["outputs"]
 
 
 def test_bad_key_rejects_with_the_401_message(node: str, server: Server) -> None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import httpx
 import pytest
 
 from tests import sse
@@ -50,12 +51,24 @@ def test_quickstart_prints_a_working_curl_command(tmp_path):
             text=True,
             check=True,
         ).stdout
-        messages = [m.json() for m in sse.parse(out)]
+        raw = list(sse.parse(out))
+        messages = [m.json() for m in raw]
         assert len(messages) > 3
         final = messages[-1]
         assert set(final) == {"out-0", "out-1", "out-2"}
-        assert final["out-0"] and final["out-1"]
         assert final["out-2"] == f"Q: How do I reset my password?\nA: {final['out-0']}"
+        # The last message is the whole answer: what the server recorded for this run (the
+        # private key quickstart printed reads it; the SSE id is "<run_id>:<seq>").
+        [private] = re.findall(r"private \(may publish flows, read runs\): (fs-priv-\S+)", text)
+        run_id = (raw[-1].id or "").split(":")[0]
+        record = httpx.get(
+            f"http://127.0.0.1:{port}/inference/v0/run/default/support-bot/metadata",
+            params={"run_id": run_id},
+            headers={"Authorization": f"Bearer {private}"},
+            timeout=30,
+        ).json()
+        assert record["state"] == "COMPLETED", record
+        assert record["outputs"] == final
     finally:
         process.terminate()
         process.wait(timeout=20)

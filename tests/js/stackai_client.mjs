@@ -6,7 +6,8 @@
 // Prints ONE JSON line on stdout:
 //   {"outputs": <last parsed message>, "error": <message the promise rejected with, or null>,
 //    "messages": <onmessage calls>, "status": <status seen in onopen>, "opens": <onopen calls>,
-//    "requests": <HTTP requests sent>, "content_type": <content-type seen in onopen>}
+//    "requests": <HTTP requests sent>, "content_type": <content-type seen in onopen>,
+//    "last_event_id": <the id of the last message, "<run_id>:<seq>">}
 // and exits 0. A non-zero exit means the script itself crashed.
 //
 // The example's code is in streamDataFromStack(); everything else is harness. Changes to the
@@ -50,6 +51,7 @@ const harness = {
   status: null,
   content_type: null,
   requests: 0,
+  last_event_id: null,
 };
 
 // Count real HTTP requests too: a retry by fetch-event-source would show up here.
@@ -88,7 +90,7 @@ const streamDataFromStack = async () => {
     },
     onmessage(event) {
       outputs = JSON.parse(event.data);
-      harness.messages += 1; harness.outputs = outputs; // harness
+      harness.messages += 1; harness.outputs = outputs; harness.last_event_id = event.id; // harness
       if (outputs.error) {
         throw new Error(outputs.error);
       }
@@ -119,6 +121,7 @@ process.stdout.write(
     opens: harness.opens,
     requests: harness.requests,
     content_type: harness.content_type,
+    last_event_id: harness.last_event_id,
   }) + "\n",
 );
 process.exit(0);
