@@ -92,3 +92,17 @@ def test_client_leaving_an_ndjson_stream_cancels_the_run(server: Server):
     assert rec["state"] == "CANCELLED", rec
     assert time.monotonic() - left_at < 3
     assert rec["usage"]["llm-0"]["completion_tokens"] < 60
+
+
+def test_a_prompt_too_long_for_the_embedded_model_is_a_422_before_the_run(server: Server):
+    """99 KB of input on the embedded model: refused with the numbers before anything runs
+    (it used to be a 502 'local model failed: ValueError' after two retries)."""
+    r = httpx.post(
+        f"{server.base_url}/run_deployed_flow?flow_id=local&org={server.org}",
+        headers=server.auth(),
+        json={"in-0": "word " * 20_000},
+        timeout=60,
+    )
+    assert r.status_code == 422, r.text[:300]
+    [problem] = r.json()["detail"]
+    assert "llm-0" in problem["msg"] and "context of 2048 tokens" in problem["msg"], problem
