@@ -22,7 +22,10 @@
             ├── ProviderOverloadedError  upstream overloaded (503/529, overloaded_error)
             ├── ProviderTimeoutError     no first token / no completion in time
             ├── ProviderUpstreamError    upstream 5xx, dropped connection, mid-stream error
-            └── ProviderTruncatedError   stream ended without the provider's end marker
+            ├── ProviderTruncatedError   stream ended without the provider's end marker
+            ├── ProviderCancelledError   upstream ended the work for good (canceled prediction)
+            └── ProviderProtocolError    an answer no stream can come from: a redirect (never
+                                         followed), or a 200 that is not an event stream
 
 Every error's ``str()`` is a clean message safe to show a client: no secrets, no traces.
 HTTP status mapping lives in exactly one place: ``flowserve.http.errors``.
@@ -213,3 +216,18 @@ class ProviderUpstreamError(ProviderError):
 
 class ProviderTruncatedError(ProviderError):
     error_type = "provider_truncated"
+
+
+class ProviderCancelledError(ProviderError):
+    """The upstream stopped the work itself (a Replicate prediction canceled, or ended for a
+    reason we do not know). Final: a retry would start, and bill, the work again."""
+
+    error_type = "provider_cancelled"
+
+
+class ProviderProtocolError(ProviderError):
+    """The upstream answered in a way no stream can come from: a redirect, which is never
+    followed (it could carry the key to another host), or a 200 that is not an event
+    stream. Asking again gets the same answer, so it is not retried."""
+
+    error_type = "provider_protocol_error"

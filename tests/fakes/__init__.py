@@ -5,7 +5,14 @@ Each fake speaks one provider's streaming wire format byte for byte (see
 faults, and records what the client did (requests, disconnects, Replicate cancels).
 """
 
-from tests.fakes._server import DROP, FakeServer, RecordedRequest, Scenario, serve
+from tests.fakes._server import (
+    DROP,
+    FakeServer,
+    RecordedRequest,
+    RecordingServer,
+    Scenario,
+    serve,
+)
 from tests.fakes.anthropic_wire import AnthropicFake
 from tests.fakes.openai_wire import OpenAIFake
 from tests.fakes.replicate_wire import ReplicateFake
@@ -16,6 +23,7 @@ __all__ = [
     "FakeServer",
     "OpenAIFake",
     "RecordedRequest",
+    "RecordingServer",
     "ReplicateFake",
     "Scenario",
     "serve",

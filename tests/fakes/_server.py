@@ -49,6 +49,11 @@ class Scenario:
     split_utf8: bool = False  # write each event in two writes split inside a character
     end_marker: bool = True  # openai: send ``data: [DONE]`` at the end
     prompt_tokens: int = 12
+    # Instead of a stream: answer 200 with ``body`` (JSON unless bytes or str) under this
+    # content type, as a server or proxy that does not stream does.
+    content_type: str | None = None
+    redirect_to: str | None = None  # instead of a stream: 307 to this ``Location``
+    done_reason: str | None = None  # replicate: ``done`` says ``{"reason": …}`` after the tokens
 
     @property
     def sent_tokens(self) -> Sequence[str]:
@@ -141,6 +146,29 @@ class FakeServer:
         await send({"type": "http.response.start", "status": status, "headers": _encode(pairs)})
         await send({"type": "http.response.body", "body": payload, "more_body": False})
 
+    async def send_instead_of_stream(
+        self, send: Any, scenario: Scenario, headers: Mapping[str, str] | None = None
+    ) -> bool:
+        """Answer ``scenario``'s redirect or non-stream body, if it has one; ``True`` if so."""
+        if scenario.redirect_to is not None:
+            pairs = [("location", scenario.redirect_to), ("content-length", "0")]
+            pairs += list((headers or {}).items())
+            await send({"type": "http.response.start", "status": 307, "headers": _encode(pairs)})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return True
+        if scenario.content_type is not None:
+            body = scenario.body
+            if isinstance(body, str):
+                body = body.encode()
+            elif not isinstance(body, bytes):
+                body = compact(body).encode()
+            pairs = [("content-type", scenario.content_type), ("content-length", str(len(body)))]
+            pairs += list((headers or {}).items())
+            await send({"type": "http.response.start", "status": 200, "headers": _encode(pairs)})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+            return True
+        return False
+
     async def send_stream(
         self,
         receive: Any,
@@ -178,6 +206,14 @@ async def event_writes(event: bytes, split_utf8: bool) -> AsyncIterator[bytes]:
                 yield event[index:]
                 return
     yield event
+
+
+class RecordingServer(FakeServer):
+    """Only records what reaches it, and answers 404: the place a redirect points to, which
+    nothing may reach."""
+
+    async def handle(self, request: RecordedRequest, receive: Any, send: Any) -> None:
+        await self.send_json(send, 404, {"error": "you should not be here"})
 
 
 def compact(obj: Any) -> str:

@@ -80,6 +80,8 @@ class AnthropicFake(FakeServer):
             body = scenario.body if scenario.body is not None else error_body(scenario.status)
             await self.send_json(send, scenario.status, body, headers)
             return
+        if await self.send_instead_of_stream(send, scenario, headers):
+            return
         headers["content-type"] = "text/event-stream; charset=utf-8"
         await self.send_stream(receive, send, self._events(scenario, request.body), headers)
 

@@ -98,6 +98,8 @@ class OpenAIFake(FakeServer):
             body = scenario.body if scenario.body is not None else self.error_body(scenario.status)
             await self.send_json(send, scenario.status, body, scenario.headers)
             return
+        if await self.send_instead_of_stream(send, scenario, scenario.headers):
+            return
         options = request.body.get("stream_options") or {}
         events = self._events(scenario, request.body["model"], options.get("include_usage") is True)
         headers = {

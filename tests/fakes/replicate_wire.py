@@ -6,7 +6,9 @@
 * ``GET /stream/{id}``: ``text/event-stream``; every event has ``event:``, ``id:`` and
   ``data:`` lines and a blank line. A ``logs`` event comes first; tokens are raw text (a
   leading space gives ``data:  world``; a token with newlines spans several ``data:`` lines);
-  ``done`` carries ``{}``, or ``{"reason":"canceled"}`` once the prediction was canceled.
+  ``done`` carries ``{}``, or ``{"reason":"canceled"}`` once the prediction was canceled
+  (``Scenario(done_reason=…)``: with that reason after the tokens, as when the prediction is
+  canceled or fails upstream).
   The in-stream error is ``event: error`` with ``{"detail": …}``, then ``done`` with
   ``{"reason":"error"}``.
 * ``POST /v1/predictions/{id}/cancel`` is recorded in :attr:`ReplicateFake.cancels` and
@@ -110,6 +112,8 @@ class ReplicateFake(FakeServer):
         if scenario.status != 200:
             await self._problem(send, scenario.status, scenario.body, scenario.headers)
             return
+        if await self.send_instead_of_stream(send, scenario, scenario.headers):
+            return
         prediction = _Prediction(
             secrets.token_hex(13), model, version, request.body.get("input", {}), scenario
         )
@@ -173,5 +177,9 @@ class ReplicateFake(FakeServer):
             return
         if scenario.drop_after is not None:
             yield DROP
+            return
+        if scenario.done_reason is not None:  # canceled (or failed) upstream, not by the client
+            prediction.status = "canceled" if scenario.done_reason == "canceled" else "failed"
+            yield event("done", compact({"reason": scenario.done_reason}))
             return
         yield event("done", "{}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from tests.fakes import AnthropicFake, OpenAIFake, ReplicateFake, serve
+from tests.fakes import AnthropicFake, OpenAIFake, RecordingServer, ReplicateFake, serve
 
 
 @pytest.fixture
@@ -31,6 +31,12 @@ def _replicate_server() -> Iterator[ReplicateFake]:
         yield fake
 
 
+@pytest.fixture(scope="session")
+def _elsewhere_server() -> Iterator[RecordingServer]:
+    with serve(RecordingServer()) as server:
+        yield server
+
+
 @pytest.fixture
 def openai_fake(_openai_server: OpenAIFake) -> Iterator[OpenAIFake]:
     _openai_server.reset()
@@ -50,3 +56,11 @@ def replicate_fake(_replicate_server: ReplicateFake) -> Iterator[ReplicateFake]:
     _replicate_server.reset()
     yield _replicate_server
     assert not _replicate_server.errors
+
+
+@pytest.fixture
+def elsewhere(_elsewhere_server: RecordingServer) -> Iterator[RecordingServer]:
+    """A second listener on 127.0.0.1, where the redirect tests point: nothing may reach it."""
+    _elsewhere_server.reset()
+    yield _elsewhere_server
+    assert not _elsewhere_server.errors

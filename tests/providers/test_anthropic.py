@@ -6,20 +6,23 @@ from collections.abc import AsyncIterator
 
 import pydantic
 import pytest
-from tests.fakes import AnthropicFake, Scenario
+from tests.fakes import AnthropicFake, RecordingServer, Scenario
 from tests.fakes.anthropic_wire import DEFAULT_KEY
 from tests.providers._support import MULTIBYTE, cancel_after, collect, make_request, wait_until
 
 from flowserve.errors import (
     ProviderAuthError,
     ProviderBadRequestError,
+    ProviderError,
     ProviderOverloadedError,
+    ProviderProtocolError,
     ProviderRateLimitError,
     ProviderTruncatedError,
     ProviderUpstreamError,
 )
 from flowserve.providers.anthropic import DEFAULT_MAX_TOKENS, AnthropicProvider
 from flowserve.providers.base import Message, ProviderEnv
+from flowserve.providers.resilience import RetryPolicy, resilient_stream
 
 pytestmark = pytest.mark.anyio
 
@@ -182,6 +185,25 @@ async def test_other_error_event_mid_stream(
 
     assert type(caught.value) is ProviderUpstreamError
     assert caught.value.message == "Internal server error"
+
+
+async def test_a_redirect_is_not_followed_and_the_key_stays_here(
+    provider: AnthropicProvider, anthropic_fake: AnthropicFake, elsewhere: RecordingServer
+) -> None:
+    # httpx strips Authorization on a cross-origin redirect, but not x-api-key.
+    anthropic_fake.script(*[Scenario(redirect_to=f"{elsewhere.base_url}/v1/messages")] * 3)
+    policy = RetryPolicy(max_retries=2, base_backoff=0.01)
+
+    with pytest.raises(ProviderError) as caught:
+        await collect(resilient_stream(provider, make_request(MODEL), policy))
+
+    assert [r.headers.get("x-api-key") for r in elsewhere.requests] == []
+    assert (type(caught.value), caught.value.message, caught.value.status) == (
+        ProviderProtocolError,
+        "upstream answered with a redirect (HTTP 307), which is not followed",
+        307,
+    )
+    assert len(anthropic_fake.requests) == 1
 
 
 async def test_stream_without_message_stop_is_truncated(

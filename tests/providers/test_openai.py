@@ -8,21 +8,35 @@ from collections.abc import AsyncIterator
 
 import pydantic
 import pytest
-from tests.fakes import OpenAIFake, Scenario
+from tests.fakes import OpenAIFake, RecordingServer, Scenario
 from tests.fakes.openai_wire import DEFAULT_KEY
 from tests.providers._support import MULTIBYTE, cancel_after, collect, make_request, wait_until
 
 from flowserve.errors import (
     ProviderAuthError,
+    ProviderBadRequestError,
+    ProviderError,
     ProviderOverloadedError,
+    ProviderProtocolError,
     ProviderRateLimitError,
     ProviderTruncatedError,
     ProviderUpstreamError,
 )
 from flowserve.providers.base import Message, ProviderEnv
 from flowserve.providers.openai import OpenAIProvider
+from flowserve.providers.resilience import RetryPolicy, resilient_stream
 
 pytestmark = pytest.mark.anyio
+
+RETRYING = RetryPolicy(max_retries=2, base_backoff=0.01)  # the real retry layer, fast
+MODEL_NOT_FOUND = {
+    "error": {
+        "message": "The model `gpt-5x` does not exist or you do not have access to it.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "model_not_found",
+    }
+}
 
 
 @pytest.fixture
@@ -186,6 +200,117 @@ async def test_dropped_connection(provider: OpenAIProvider, openai_fake: OpenAIF
 
     assert chunks == ["Hello", ",", " world"]
     assert caught.value.message == "connection to upstream lost"
+
+
+async def test_json_error_answered_with_200_reaches_the_user_and_is_not_retried(
+    provider: OpenAIProvider, openai_fake: OpenAIFake
+) -> None:
+    # Some proxies and compatible servers answer an error with 200 and a JSON body.
+    openai_fake.script(*[Scenario(content_type="application/json", body=MODEL_NOT_FOUND)] * 3)
+
+    with pytest.raises(ProviderError) as caught:
+        await collect(resilient_stream(provider, make_request("gpt-5x"), RETRYING))
+
+    assert (type(caught.value), caught.value.message) == (
+        ProviderBadRequestError,
+        "The model `gpt-5x` does not exist or you do not have access to it.",
+    )
+    assert len(openai_fake.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (
+            {
+                "message": "Rate limit reached for gpt-4o-mini on requests per min (RPM): "
+                "Limit 3, Used 3.",
+                "type": "requests",
+                "code": "rate_limit_exceeded",
+            },
+            ProviderRateLimitError,
+        ),
+        (
+            {
+                "message": "Incorrect API key provided: sk-proj-abc***xyz",
+                "type": "invalid_request_error",
+                "code": "invalid_api_key",
+            },
+            ProviderAuthError,
+        ),
+        (  # the words of the message decide nothing; the type does
+            {
+                "message": "Too many tokens: the rate limit of this context is exceeded.",
+                "type": "invalid_request_error",
+                "code": "context_length_exceeded",
+            },
+            ProviderBadRequestError,
+        ),
+        (
+            {"message": "The server had an error.", "type": "server_error", "code": None},
+            ProviderUpstreamError,
+        ),
+    ],
+    ids=["rate-limit-code", "auth-code", "type-not-words", "server-error-type"],
+)
+async def test_json_error_answered_with_200_is_classified_by_its_code_and_type(
+    provider: OpenAIProvider,
+    openai_fake: OpenAIFake,
+    error: dict[str, object],
+    expected: type[ProviderError],
+) -> None:
+    openai_fake.script(Scenario(content_type="application/json", body={"error": error}))
+
+    with pytest.raises(ProviderError) as caught:
+        await collect(provider.stream(make_request()))
+
+    assert type(caught.value) is expected
+    assert caught.value.message == str(error["message"]).replace("sk-proj-abc***xyz", "[redacted]")
+    assert caught.value.status == 200
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "named"),
+    [
+        ("text/html; charset=utf-8", "<html><body>Sign in to continue</body></html>", "text/html"),
+        (  # a server that ignored ``stream: true``
+            "application/json",
+            {"id": "chatcmpl-1", "object": "chat.completion", "choices": []},
+            "application/json",
+        ),
+    ],
+    ids=["html", "json-without-error"],
+)
+async def test_a_200_that_is_not_an_event_stream_names_its_content_type(
+    provider: OpenAIProvider, openai_fake: OpenAIFake, content_type: str, body: object, named: str
+) -> None:
+    openai_fake.script(*[Scenario(content_type=content_type, body=body)] * 3)
+
+    with pytest.raises(ProviderError) as caught:
+        await collect(resilient_stream(provider, make_request(), RETRYING))
+
+    assert (type(caught.value), caught.value.message) == (
+        ProviderProtocolError,
+        f"upstream answered HTTP 200 with content type {named}, not an event stream",
+    )
+    assert len(openai_fake.requests) == 1
+
+
+async def test_a_redirect_is_not_followed(
+    provider: OpenAIProvider, openai_fake: OpenAIFake, elsewhere: RecordingServer
+) -> None:
+    openai_fake.script(*[Scenario(redirect_to=f"{elsewhere.base_url}/v1/chat/completions")] * 3)
+
+    with pytest.raises(ProviderError) as caught:
+        await collect(resilient_stream(provider, make_request(), RETRYING))
+
+    assert [r.headers for r in elsewhere.requests] == []
+    assert (type(caught.value), caught.value.message, caught.value.status) == (
+        ProviderProtocolError,
+        "upstream answered with a redirect (HTTP 307), which is not followed",
+        307,
+    )
+    assert len(openai_fake.requests) == 1
 
 
 async def test_unreachable_server(openai_fake: OpenAIFake) -> None:

@@ -3,27 +3,43 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
 import anyio
 import pytest
-from tests.fakes import OpenAIFake, Scenario
+from tests.fakes import OpenAIFake, RecordingServer, Scenario
 from tests.providers._support import MULTIBYTE, cancel_after, collect, make_request, wait_until
 
 from flowserve.errors import (
     ProviderAuthError,
     ProviderBadRequestError,
+    ProviderError,
+    ProviderOverloadedError,
+    ProviderProtocolError,
+    ProviderRateLimitError,
     ProviderTruncatedError,
     ProviderUpstreamError,
 )
 from flowserve.providers.base import ProviderEnv
 from flowserve.providers.openai_compatible import OpenAICompatibleProvider
+from flowserve.providers.resilience import RetryPolicy, resilient_stream
 
 pytestmark = pytest.mark.anyio
 
 FLAVORS = ["vllm", "llamacpp", "ollama"]
+RETRYING = RetryPolicy(max_retries=2, base_backoff=0.01)  # the real retry layer, fast
+MODEL_NOT_FOUND = {  # what OpenAI says, passed on by a proxy under a 200
+    "error": {
+        "message": "The model `gpt-5x` does not exist or you do not have access to it.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "model_not_found",
+    }
+}
 
 
 def compatible(fake: OpenAIFake, environ: dict[str, str] | None = None, **settings: str):
@@ -266,6 +282,181 @@ async def test_proxy_from_the_environment_unless_no_proxy(
     finally:
         await provider.aclose()
     assert len(openai_fake.requests) == 1
+
+
+# -- answers that are not a stream, directly and through a proxy --
+
+
+class Route:
+    """How the provider reaches the fake: ``direct`` (its own HTTP/1.1 client) or ``proxied``
+    (httpx, through the forward proxy ``HTTP_PROXY`` names). ``forwarded`` lists the request
+    targets the proxy passed on, so a test can tell that the proxy was really used."""
+
+    def __init__(self, name: str, forwarded: list[str] | None = None) -> None:
+        self.name, self.forwarded = name, forwarded
+
+    def check(self, fake: OpenAIFake) -> None:
+        if self.forwarded is not None:
+            assert len(self.forwarded) == len(fake.requests) > 0
+
+
+@pytest.fixture(params=["direct", "proxied"])
+async def route(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Route]:
+    for name in ("HTTP_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    if request.param == "direct":
+        yield Route("direct")
+        return
+    async with _forward_proxy() as (url, forwarded):
+        monkeypatch.setenv("HTTP_PROXY", url)
+        yield Route("proxied", forwarded)
+
+
+async def test_json_error_answered_with_200_reaches_the_user_and_is_not_retried(
+    openai_fake: OpenAIFake, route: Route
+) -> None:
+    openai_fake.configure("openai", api_key=None)
+    openai_fake.script(*[Scenario(content_type="application/json", body=MODEL_NOT_FOUND)] * 3)
+    provider = compatible(openai_fake)
+    try:
+        with pytest.raises(ProviderError) as caught:
+            await collect(resilient_stream(provider, make_request("gpt-5x"), RETRYING))
+    finally:
+        await provider.aclose()
+
+    assert (type(caught.value), caught.value.message, caught.value.status) == (
+        ProviderBadRequestError,
+        "The model `gpt-5x` does not exist or you do not have access to it.",
+        200,
+    )
+    assert len(openai_fake.requests) == 1
+    route.check(openai_fake)
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (404, ProviderBadRequestError),
+        (429, ProviderRateLimitError),
+        (401, ProviderAuthError),
+        (503, ProviderOverloadedError),
+    ],
+)
+async def test_json_error_answered_with_200_by_its_integer_code(
+    openai_fake: OpenAIFake, route: Route, code: int, expected: type[ProviderError]
+) -> None:
+    # vLLM and llama.cpp put the HTTP status they meant in ``code``.
+    openai_fake.configure("vllm", api_key=None)
+    body = openai_fake.error_body(code, "something is wrong", code=code)
+    openai_fake.script(Scenario(content_type="application/json", body=body))
+    provider = compatible(openai_fake)
+    try:
+        with pytest.raises(ProviderError) as caught:
+            await collect(provider.stream(make_request("m")))
+    finally:
+        await provider.aclose()
+
+    assert (type(caught.value), caught.value.message) == (expected, "something is wrong")
+    route.check(openai_fake)
+
+
+async def test_a_200_that_is_not_an_event_stream_names_its_content_type(
+    openai_fake: OpenAIFake, route: Route
+) -> None:
+    openai_fake.configure("vllm", api_key=None)
+    page = Scenario(content_type="text/html", body="<html><body>Sign in to continue</body></html>")
+    openai_fake.script(page, page, page)
+    provider = compatible(openai_fake)
+    try:
+        with pytest.raises(ProviderError) as caught:
+            await collect(resilient_stream(provider, make_request("m"), RETRYING))
+    finally:
+        await provider.aclose()
+
+    assert (type(caught.value), caught.value.message) == (
+        ProviderProtocolError,
+        "upstream answered HTTP 200 with content type text/html, not an event stream",
+    )
+    assert len(openai_fake.requests) == 1
+    route.check(openai_fake)
+
+
+async def test_a_redirect_is_not_followed(
+    openai_fake: OpenAIFake, route: Route, elsewhere: RecordingServer
+) -> None:
+    openai_fake.configure("vllm", api_key="vllm-secret")
+    openai_fake.script(*[Scenario(redirect_to=f"{elsewhere.base_url}/v1/chat/completions")] * 3)
+    provider = compatible(openai_fake, {"VLLM_KEY": "vllm-secret"}, api_key_env="VLLM_KEY")
+    try:
+        with pytest.raises(ProviderError) as caught:
+            await collect(resilient_stream(provider, make_request("m"), RETRYING))
+    finally:
+        await provider.aclose()
+
+    assert [r.headers for r in elsewhere.requests] == []
+    assert (type(caught.value), caught.value.message, caught.value.status) == (
+        ProviderProtocolError,
+        "upstream answered with a redirect (HTTP 307), which is not followed",
+        307,
+    )
+    assert len(openai_fake.requests) == 1
+    route.check(openai_fake)
+
+
+@asynccontextmanager
+async def _forward_proxy() -> AsyncIterator[tuple[str, list[str]]]:
+    """A plain-HTTP forward proxy on 127.0.0.1: one request per connection, passed on in
+    origin form with ``Connection: close``, the answer piped back unchanged. Yields its URL
+    and the list of request targets it forwarded."""
+    forwarded: list[str] = []
+    writers: list[asyncio.StreamWriter] = []
+
+    async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        except ConnectionError:
+            pass
+        finally:
+            sink.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            return
+        request_line, *lines = head.decode("latin-1").split("\r\n")
+        method, target, version = request_line.split(" ")
+        forwarded.append(target)
+        parts = urlsplit(target)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        kept = [
+            line
+            for line in lines
+            if line and not line.lower().startswith(("connection:", "proxy-connection:"))
+        ]
+        upstream_reader, upstream_writer = await asyncio.open_connection(parts.hostname, parts.port)
+        writers.append(upstream_writer)
+        new_head = "\r\n".join([f"{method} {path} {version}", *kept, "Connection: close"])
+        upstream_writer.write(new_head.encode("latin-1") + b"\r\n\r\n")
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}", forwarded
+    finally:
+        for writer in writers:
+            writer.close()
+        server.close()
+        with contextlib.suppress(Exception):
+            await server.wait_closed()
 
 
 def _sse_body(tokens: list[str]) -> bytes:

@@ -6,24 +6,29 @@ from collections.abc import AsyncIterator
 
 import pydantic
 import pytest
-from tests.fakes import ReplicateFake, Scenario
+from tests.fakes import RecordingServer, ReplicateFake, Scenario
 from tests.fakes.replicate_wire import DEFAULT_TOKEN, VERSION
 from tests.providers._support import MULTIBYTE, cancel_after, collect, make_request, wait_until
 
 from flowserve.errors import (
     ProviderAuthError,
     ProviderBadRequestError,
+    ProviderCancelledError,
+    ProviderError,
     ProviderOverloadedError,
+    ProviderProtocolError,
     ProviderRateLimitError,
     ProviderTruncatedError,
     ProviderUpstreamError,
 )
 from flowserve.providers.base import Message, ProviderEnv
 from flowserve.providers.replicate import ReplicateProvider, render_prompt
+from flowserve.providers.resilience import RetryPolicy, resilient_stream
 
 pytestmark = pytest.mark.anyio
 
 MODEL = "meta/meta-llama-3-8b-instruct"
+RETRYING = RetryPolicy(max_retries=2, base_backoff=0.01)  # the real retry layer, fast
 
 
 @pytest.fixture
@@ -189,6 +194,68 @@ async def test_error_event_mid_stream(
 
     assert chunks == ["Hello", ","]
     assert caught.value.message == "CUDA out of memory. Tried to allocate 2.00 GiB"
+
+
+async def test_a_prediction_canceled_upstream_is_not_retried(
+    provider: ReplicateProvider, replicate_fake: ReplicateFake
+) -> None:
+    # Canceled (from the dashboard, by a deadline...) before any output: a cancel is final.
+    replicate_fake.script(*[Scenario(tokens=[], done_reason="canceled")] * 3)
+
+    with pytest.raises(ProviderError) as caught:
+        await collect(resilient_stream(provider, make_request(MODEL), RETRYING))
+
+    assert len(replicate_fake.predictions) == 1
+    assert (type(caught.value), caught.value.message) == (
+        ProviderCancelledError,
+        "prediction was canceled upstream",
+    )
+    assert replicate_fake.cancels == []  # already canceled: nothing to cancel
+
+
+async def test_a_prediction_that_ended_for_an_unknown_reason_is_not_retried(
+    provider: ReplicateProvider, replicate_fake: ReplicateFake
+) -> None:
+    replicate_fake.script(*[Scenario(tokens=[], done_reason="aborted")] * 3)
+
+    with pytest.raises(ProviderError) as caught:
+        await collect(resilient_stream(provider, make_request(MODEL), RETRYING))
+
+    assert len(replicate_fake.predictions) == 1
+    assert (type(caught.value), caught.value.message) == (
+        ProviderCancelledError,
+        "prediction ended: aborted",
+    )
+
+
+async def test_a_prediction_that_failed_before_any_output_is_retried(
+    provider: ReplicateProvider, replicate_fake: ReplicateFake
+) -> None:
+    # ``done`` with reason ``error`` and no error event: a failed run, retried like a 5xx.
+    replicate_fake.script(Scenario(tokens=[], done_reason="error"), Scenario(tokens=["ok"]))
+
+    chunks = await collect(resilient_stream(provider, make_request(MODEL), RETRYING))
+
+    assert chunks == ["ok"]
+    assert len(replicate_fake.predictions) == 2
+
+
+async def test_a_redirect_is_not_followed(
+    provider: ReplicateProvider, replicate_fake: ReplicateFake, elsewhere: RecordingServer
+) -> None:
+    target = f"{elsewhere.base_url}/v1/models/{MODEL}/predictions"
+    replicate_fake.script(*[Scenario(redirect_to=target)] * 3)
+
+    with pytest.raises(ProviderError) as caught:
+        await collect(resilient_stream(provider, make_request(MODEL), RETRYING))
+
+    assert [r.headers.get("authorization") for r in elsewhere.requests] == []
+    assert (type(caught.value), caught.value.message, caught.value.status) == (
+        ProviderProtocolError,
+        "upstream answered with a redirect (HTTP 307), which is not followed",
+        307,
+    )
+    assert len(replicate_fake.requests_to("/v1/models/")) == 1
 
 
 async def test_stream_without_done_is_truncated_and_cancelled(

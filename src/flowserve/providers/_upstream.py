@@ -4,6 +4,17 @@ Each adapter maps its SDK's exceptions in one ``_map_errors()`` context manager;
 they have in common live here: which flowserve error an HTTP status means, how long a
 ``Retry-After`` asks us to wait, which transport exceptions mean "the connection broke", and
 how an upstream message is made safe to show (no key, no newlines, bounded length).
+
+Two rules every adapter keeps, because an answer that breaks them cannot carry a stream:
+
+* Redirects are never followed (each adapter's HTTP client is told so): a flow's
+  ``base_url`` is checked against the allowed hosts, its redirect target is not, and a
+  followed redirect takes the key along (httpx strips ``Authorization`` across origins, but
+  not ``x-api-key``). A 3xx is :func:`redirected`, final.
+* A 2xx is read as a stream only when it says ``text/event-stream`` (or says nothing: some
+  small servers send no content type). Anything else is :func:`not_a_stream`: a JSON error
+  body, as some servers and proxies send under a 200, becomes the error it describes; any
+  other body is named by its content type. One header look-up per request, nothing per chunk.
 """
 
 from __future__ import annotations
@@ -12,14 +23,18 @@ import email.utils
 import importlib
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from functools import cache
+from typing import Any
+
+import orjson
 
 from flowserve.errors import (
     ProviderAuthError,
     ProviderBadRequestError,
     ProviderError,
     ProviderOverloadedError,
+    ProviderProtocolError,
     ProviderRateLimitError,
     ProviderUpstreamError,
 )
@@ -27,6 +42,28 @@ from flowserve.errors import (
 CONNECTION_LOST = "connection to upstream lost"
 CONNECT_FAILED = "could not connect to upstream"
 TRUNCATED = "upstream stream ended before the response was complete"
+MAX_ERROR_BODY = 64 * 1024  # an error body is read this far, no further
+
+# What the ``code`` and ``type`` fields of an error object say, where they say it clearly
+# (OpenAI's names; Anthropic's types, which proxies pass on). ``code`` is looked at first:
+# OpenAI's bad key is ``type: invalid_request_error`` with ``code: invalid_api_key``.
+_ERROR_CODES: dict[str, type[ProviderError]] = {
+    "invalid_api_key": ProviderAuthError,
+    "model_not_found": ProviderBadRequestError,
+    "rate_limit_exceeded": ProviderRateLimitError,
+    "server_is_overloaded": ProviderOverloadedError,
+}
+_ERROR_TYPES: dict[str, type[ProviderError]] = {
+    "invalid_request_error": ProviderBadRequestError,
+    "not_found_error": ProviderBadRequestError,
+    "authentication_error": ProviderAuthError,
+    "permission_error": ProviderAuthError,
+    "rate_limit_error": ProviderRateLimitError,
+    "rate_limit_exceeded": ProviderRateLimitError,
+    "overloaded_error": ProviderOverloadedError,
+    "service_unavailable_error": ProviderOverloadedError,
+}
+_EVENT_STREAM = "text/event-stream"
 
 _MAX_MESSAGE = 300
 # Things that look like credentials: OpenAI/Anthropic style ``sk-…``/``sk-ant-…`` keys (also
@@ -49,6 +86,8 @@ def clean_message(text: object, secret: str | None = None) -> str:
 
 def error_for_status(status: int) -> type[ProviderError]:
     """The flowserve error class for an upstream HTTP error status."""
+    if 300 <= status < 400:
+        return ProviderProtocolError
     if status in (401, 403):
         return ProviderAuthError
     if status == 429:
@@ -60,6 +99,93 @@ def error_for_status(status: int) -> type[ProviderError]:
     if status >= 400:
         return ProviderBadRequestError
     return ProviderUpstreamError
+
+
+def redirected(status: int, provider: str) -> ProviderProtocolError:
+    """The error for a 3xx answer: redirects are never followed (see the module docstring).
+    The ``Location`` is left out of the message: it may carry a signed query string."""
+    return ProviderProtocolError(
+        f"upstream answered with a redirect (HTTP {status}), which is not followed",
+        provider=provider,
+        status=status,
+    )
+
+
+def is_event_stream(content_type: str | None) -> bool:
+    """Whether a 2xx answer's ``Content-Type`` lets it be read as server-sent events. A
+    missing one does: some small servers stream without naming what they send."""
+    return content_type is None or content_type[:17].lower() == _EVENT_STREAM
+
+
+async def not_a_stream(
+    status: int,
+    content_type: str | None,
+    body: AsyncIterator[bytes],
+    headers: Mapping[str, str],
+    provider: str,
+    secret: str | None = None,
+) -> ProviderError:
+    """The error for a 2xx answer that is not an event stream (:func:`is_event_stream`): the
+    error its JSON body carries, if it carries one, classified by the error object's ``code``
+    and ``type`` (never by its words); otherwise one that names the content type."""
+    media_type = (content_type or "").partition(";")[0].strip().lower()
+    if "json" in media_type:
+        data = b""
+        async for chunk in body:
+            data += chunk
+            if len(data) >= MAX_ERROR_BODY:
+                break
+        error = _error_object(data)
+        if error is not None:
+            message = error.get("message")
+            return error_for_fields(error)(
+                clean_message(message if isinstance(message, str) and message else "", secret)
+                or f"upstream answered HTTP {status} with an error",
+                provider=provider,
+                status=status,
+                retry_after=retry_after(headers),
+            )
+    return ProviderProtocolError(
+        f"upstream answered HTTP {status} with content type "
+        f"{clean_message(media_type) or 'none'}, not an event stream",
+        provider=provider,
+        status=status,
+    )
+
+
+def error_for_fields(error: Mapping[str, Any]) -> type[ProviderError]:
+    """The flowserve error class for an error object by what its ``code`` and ``type`` say:
+    a known name, or an integer ``code`` that is an HTTP error status (vLLM, llama.cpp).
+    Neither says anything clear: :class:`ProviderUpstreamError`, as for an error event in a
+    stream."""
+    code, kind = error.get("code"), error.get("type")
+    if isinstance(code, str) and code in _ERROR_CODES:
+        return _ERROR_CODES[code]
+    if type(code) is int and 400 <= code < 600:
+        return error_for_status(code)
+    if isinstance(kind, str) and kind in _ERROR_TYPES:
+        return _ERROR_TYPES[kind]
+    return ProviderUpstreamError
+
+
+def _error_object(body: bytes) -> dict[str, Any] | None:
+    """The error object of a JSON body that is an error: ``{"error": {…}}`` (OpenAI, vLLM,
+    llama.cpp), ``{"error": "…"}`` (Ollama), the flat ``{"object": "error", …}`` of older
+    vLLM. ``None`` for anything else, such as a whole completion."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    error = data.get("error")
+    if isinstance(error, dict):
+        return error
+    if isinstance(error, str) and error:
+        return {"message": error}
+    if data.get("object") == "error":
+        return data
+    return None
 
 
 def retry_after(headers: Mapping[str, str] | None) -> float | None:

@@ -15,6 +15,8 @@ Non-obvious choices:
   ``status_code == 200``; its ``error.type`` field (``overloaded_error`` …) decides the
   flowserve error, exactly as the HTTP status does before the stream starts.
 * SDK retries are off and the response is closed in ``finally`` (see ``openai.py``).
+* Redirects are not followed (the SDK's default client follows them, and httpx keeps
+  ``x-api-key`` on a redirect to another host); a 3xx is a final error.
 * Written for the 0.x SDK (the ``cloud`` extra pins ``anthropic<1``): 1.0 dropped
   ``temperature`` and ``top_p`` from ``messages.create``, and 2.0 moved to bearer auth and a
   new API version that the wire reference does not cover.
@@ -81,12 +83,17 @@ class AnthropicProvider(Provider):
             import anthropic
 
             # api_key and base_url are always passed, so the SDK never looks for
-            # credentials or a base URL in the process environment.
+            # credentials or a base URL in the process environment. Its default client
+            # follows redirects, and x-api-key would go along to wherever they point.
+            timeout = anthropic.Timeout(_READ_TIMEOUT, connect=_CONNECT_TIMEOUT)
             client = anthropic.AsyncAnthropic(
                 api_key=api_key,
                 base_url=base_url,
                 max_retries=0,
-                timeout=anthropic.Timeout(_READ_TIMEOUT, connect=_CONNECT_TIMEOUT),
+                timeout=timeout,
+                http_client=anthropic.DefaultAsyncHttpxClient(
+                    timeout=timeout, follow_redirects=False
+                ),
             )
             self._clients[(base_url, api_key)] = client
         return client
@@ -184,6 +191,8 @@ class AnthropicProvider(Provider):
 
     def _status_error(self, exc: APIStatusError, api_key: str) -> ProviderError:
         status = exc.status_code
+        if 300 <= status < 400:  # not followed: see _client()
+            return _upstream.redirected(status, self.name)
         error = exc.body.get("error") if isinstance(exc.body, dict) else None
         error = error if isinstance(error, dict) else {}
         error_type, detail = error.get("type"), error.get("message")

@@ -26,6 +26,9 @@ Non-obvious choices:
   ``max_tokens``) and to ``max_tokens`` for compatible servers (which may not know the other).
 * The SDK's own retries are off (``max_retries=0``): retrying belongs to
   :mod:`flowserve.providers.resilience`, which knows whether a token was already sent.
+* Its redirects are off too (the SDK's client follows them by default), and a 2xx that is
+  not ``text/event-stream`` is not read as one: both as :mod:`flowserve.providers._upstream`
+  explains.
 * The response is closed in ``finally`` (shielded from cancellation), so cancelling the
   consumer drops the upstream connection at once.
 """
@@ -113,6 +116,7 @@ class OpenAIProvider(Provider):
                 timeout=timeout,
                 http_client=openai.DefaultAsyncHttpxClient(
                     timeout=timeout,
+                    follow_redirects=False,  # the SDK's default follows, key and all
                     limits=_http_module().Limits(
                         max_connections=self.max_connections,
                         max_keepalive_connections=self.max_connections,
@@ -213,6 +217,16 @@ class OpenAIProvider(Provider):
             "/chat/completions", cast_to=_http_module().Response, body=params, stream=True
         )
         try:
+            content_type = response.headers.get("content-type")
+            if not _upstream.is_event_stream(content_type):
+                raise await _upstream.not_a_stream(
+                    response.status_code,
+                    content_type,
+                    response.aiter_bytes(),
+                    response.headers,
+                    self.name,
+                    api_key,
+                )
             yield response.aiter_bytes()
         finally:
             with anyio.move_on_after(_CLOSE_GRACE, shield=True):
@@ -258,6 +272,8 @@ class OpenAIProvider(Provider):
 
     def _status_error(self, exc: APIStatusError, api_key: str) -> ProviderError:
         status = exc.status_code
+        if 300 <= status < 400:  # not followed: see _client()
+            return _upstream.redirected(status, self.name)
         # The SDK unwraps ``{"error": {...}}``; compatible servers may send a flat object.
         body = exc.body if isinstance(exc.body, dict) else {}
         detail = body.get("message") if isinstance(body.get("message"), str) else None

@@ -13,7 +13,9 @@ about 1.1 ms of CPU per streamed request on this machine (httpx alone 0.74 ms). 
 connections go through :mod:`flowserve.providers._http1` (0.07 ms); a proxy named by
 the environment (``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``, read once per base URL) is
 used through httpx. Errors are mapped here by HTTP status and exception type, like the other
-adapters. The OpenAI provider itself keeps the SDK: its round trips are far longer than what
+adapters; neither client follows redirects, and a 2xx is read as a stream only if its content
+type allows (a header look-up per request, as :mod:`flowserve.providers._upstream` explains).
+The OpenAI provider itself keeps the SDK: its round trips are far longer than what
 the SDK costs.
 """
 
@@ -39,7 +41,6 @@ from flowserve.providers.base import LLMRequest, ProviderEnv
 from flowserve.providers.openai import OpenAIProvider
 
 _CONNECT_TIMEOUT = 10.0
-_MAX_ERROR_BODY = 64 * 1024  # an error body is read this far, no further
 
 
 class OpenAICompatibleProvider(OpenAIProvider):
@@ -118,8 +119,18 @@ class OpenAICompatibleProvider(OpenAIProvider):
         response = await self._pool.post(head, b"", body)
         try:
             if response.status >= 300:
-                detail = await response.read(_MAX_ERROR_BODY)
+                detail = await response.read(_upstream.MAX_ERROR_BODY)
                 raise self._http_error(response.status, response.headers, detail, api_key)
+            content_type = response.headers.get("content-type")
+            if not _upstream.is_event_stream(content_type):
+                raise await _upstream.not_a_stream(
+                    response.status,
+                    content_type,
+                    response.chunks(),
+                    response.headers,
+                    self.name,
+                    api_key,
+                )
             yield response.chunks()
         finally:
             response.close()  # back to the pool if read to the end, else closed: upstream stops
@@ -132,7 +143,7 @@ class OpenAICompatibleProvider(OpenAIProvider):
         if client is None:
             timeout = httpx.Timeout(None, connect=_CONNECT_TIMEOUT)
             client = self._proxied[proxy] = httpx.AsyncClient(
-                proxy=proxy, trust_env=False, timeout=timeout
+                proxy=proxy, trust_env=False, timeout=timeout, follow_redirects=False
             )
         request = client.build_request("POST", url, content=body, headers=self._headers(api_key))
         response = await client.send(request, stream=True)
@@ -141,15 +152,27 @@ class OpenAICompatibleProvider(OpenAIProvider):
                 detail = b""
                 async for chunk in response.aiter_bytes():
                     detail += chunk
-                    if len(detail) >= _MAX_ERROR_BODY:
+                    if len(detail) >= _upstream.MAX_ERROR_BODY:
                         break
                 raise self._http_error(response.status_code, response.headers, detail, api_key)
+            content_type = response.headers.get("content-type")
+            if not _upstream.is_event_stream(content_type):
+                raise await _upstream.not_a_stream(
+                    response.status_code,
+                    content_type,
+                    response.aiter_bytes(),
+                    response.headers,
+                    self.name,
+                    api_key,
+                )
             yield response.aiter_bytes()
         finally:
             with anyio.move_on_after(2.0, shield=True):
                 await response.aclose()
 
     def _http_error(self, status: int, headers: Any, body: bytes, api_key: str) -> ProviderError:
+        if status < 400:  # neither client follows redirects
+            return _upstream.redirected(status, self.name)
         detail = _error_detail(body)
         message = _upstream.clean_message(detail or f"upstream returned HTTP {status}", api_key)
         return _upstream.error_for_status(status)(

@@ -30,7 +30,10 @@ Other non-obvious points:
   its ``url`` is the original text, which is what we yield.
 * ``event: error`` reaches us as a bare ``RuntimeError`` carrying the event's JSON
   (``{"detail": …}``). A stream that ends without ``done`` raises
-  :class:`ProviderTruncatedError`.
+  :class:`ProviderTruncatedError`; a ``done`` whose reason is ``canceled`` (or one we do not
+  know) raises :class:`ProviderCancelledError`, which is not retried (see ``_check_done``).
+* Redirects are not followed: a 3xx answer to any of the client's requests is a final error
+  (a response hook raises it; the SDK itself would try to read the empty body).
 * Usage is not in the stream: after ``done`` the prediction is fetched once, and its
   ``metrics.input_token_count`` / ``output_token_count`` fill ``request.usage`` (best effort).
 * ``ReplicateError`` does not keep the response headers, so a client event hook remembers
@@ -55,6 +58,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from flowserve.errors import (
     ProviderBadRequestError,
+    ProviderCancelledError,
     ProviderError,
     ProviderTimeoutError,
     ProviderTruncatedError,
@@ -125,7 +129,8 @@ class ReplicateProvider(Provider):
                 base_url=base_url,
                 timeout=httpx.Timeout(_READ_TIMEOUT, connect=_CONNECT_TIMEOUT),
                 transport=transport,
-                event_hooks={"response": [_remember_retry_after]},
+                follow_redirects=False,  # httpx's default, said out loud
+                event_hooks={"response": [_refuse_redirects, _remember_retry_after]},
             )
             entry = self._clients[(base_url, token)] = (client, transport)
         return entry[0]
@@ -256,6 +261,13 @@ def render_prompt(messages: list[Message]) -> str:
     return "\n".join([*lines, "Assistant:"])
 
 
+async def _refuse_redirects(response: httpx.Response) -> None:
+    # The SDK raises only for 4xx/5xx and would parse a 3xx's empty body as a prediction
+    # ("malformed data", retried: a new prediction each time).
+    if 300 <= response.status_code < 400:
+        raise _upstream.redirected(response.status_code, ReplicateProvider.name)
+
+
 async def _remember_retry_after(response: httpx.Response) -> None:
     if response.status_code >= 400:
         _retry_after.set(_upstream.retry_after(response.headers))
@@ -269,14 +281,22 @@ def _text(data: Any) -> str:
 
 
 def _check_done(data: Any, provider: str) -> None:
+    """``done`` ends every prediction; a ``reason`` says it did not succeed. ``canceled`` is
+    final, and so is a reason we do not know: retrying would start (and bill) the work again.
+    ``error`` (a failed run whose ``error`` event did not come first) is retried before the
+    first token, like the error event and an upstream 5xx."""
     try:
         reason = json.loads(data).get("reason") if data else None
     except (ValueError, AttributeError):
         reason = None
+    if not reason:
+        return
     if reason == "canceled":
-        raise ProviderUpstreamError("prediction was canceled upstream", provider=provider)
-    if reason:
-        raise ProviderUpstreamError(f"prediction ended: {reason}", provider=provider)
+        raise ProviderCancelledError("prediction was canceled upstream", provider=provider)
+    if reason == "error":
+        raise ProviderUpstreamError("prediction failed upstream", provider=provider)
+    reason = _upstream.clean_message(reason)
+    raise ProviderCancelledError(f"prediction ended: {reason}", provider=provider)
 
 
 def _event_detail(data: str, token: str) -> str:
