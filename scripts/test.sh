@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command the README gives, and what CI runs (.ci/run calls this file).
-# Installs flowserve with its dev extras into .venv (the llama-cpp-python build takes ~5 min
-# the first time; pip caches the wheel), installs the JS test client, makes sure PostgreSQL
-# and Redis are up, then runs the whole suite.
+# Installs flowserve with its dev extras into .venv (the first time pip compiles llama.cpp for
+# llama-cpp-python: 5-10 min on 2 cores, silent; pip caches the wheel), installs the JS test
+# client, makes sure PostgreSQL and Redis are up, then runs the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
+if ! .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
+  echo "Installing flowserve; the first time this compiles llama.cpp (llama-cpp-python):" \
+    "5-10 minutes on 2 cores with no output. pip caches the wheel for next time."
+fi
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 
 if command -v npm >/dev/null 2>&1 && [ ! -d tests/js/node_modules ]; then
