@@ -82,9 +82,11 @@ PROFILES = [
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    # No rate limit: the fuzzer would otherwise mostly measure 429s.
+    # No rate limit: the fuzzer would otherwise mostly measure 429s. More nodes than the
+    # default 500, for the 1,500-node chain below (a recursion regression test).
     server = start_server(
-        tmp_path_factory.mktemp("fuzz"), env={"FLOWSERVE_RATE_LIMIT_PER_MINUTE": "0"}
+        tmp_path_factory.mktemp("fuzz"),
+        env={"FLOWSERVE_RATE_LIMIT_PER_MINUTE": "0", "FLOWSERVE_MAX_FLOW_NODES": "2000"},
     )
     try:
         assert server.publish(FUZZ_FLOW).status_code == 201
