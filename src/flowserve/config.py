@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     max_input_chars: int = Field(default=100_000, ge=1)  # length of each input value
     max_url_bytes: int = Field(default=4096, ge=256)  # path + query string (414)
     max_header_bytes: int = Field(default=32_768, ge=1024)  # all request headers (431)
+    # seconds a connection may take to send a request's headers, from when it is opened or
+    # its previous response ended; then 408 and closed (slow clients: flowserve.http.protocol).
+    # Request bodies and responses are not timed.
+    header_timeout: float = Field(default=10.0, gt=0)
 
     # abuse limits, per API key and for the whole process (flowserve.http.limits)
     rate_limit_per_minute: int = Field(default=600, ge=0)  # default per key; 0 = no limit

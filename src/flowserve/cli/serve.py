@@ -29,6 +29,7 @@ def _serve(settings: Settings) -> None:
     import uvicorn
 
     from flowserve.http.app import create_app
+    from flowserve.http.protocol import protocol_class
     from flowserve.http.shutdown import GRACE, DrainingServer
     from flowserve.logs import configure_logging
 
@@ -38,7 +39,7 @@ def _serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=protocol_class(settings.header_timeout),  # httptools, with a header timeout
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=GRACE,  # after the drain (settings.drain_seconds)

@@ -1,10 +1,11 @@
 """The one place where flowserve errors become HTTP responses.
 
 Before the first byte, every error gets a real status code and FastAPI's ``{"detail": …}``
-body. When the request accepts ``text/event-stream``, the same status is sent as an SSE body
-``data: {"error", "detail", "status"}`` so that ``fetch-event-source`` clients see the error
-instead of retrying blindly (contract 2.2). An error answer to a browser (an ``Origin``
-header) is readable by it, whatever its origin: see ``flowserve.http.cors``.
+body. When the request prefers ``text/event-stream`` (its ``Accept`` read as RFC 9110 media
+ranges and q-values: :func:`flowserve.http.accept.prefers_event_stream`), the same status is
+sent as an SSE body ``data: {"error", "detail", "status"}`` so that ``fetch-event-source``
+clients see the error instead of retrying blindly (contract 2.2). An error answer to a browser
+(an ``Origin`` header) is readable by it, whatever its origin: see ``flowserve.http.cors``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from flowserve.errors import (
     PayloadTooLargeError,
 )
 from flowserve.http import cors
+from flowserve.http.accept import prefers_event_stream
 from flowserve.http.access import note
 
 log = logging.getLogger("flowserve.http")
@@ -64,7 +66,8 @@ def detail_for(exc: FlowserveError) -> Any:
 
 
 def wants_sse(request: Request) -> bool:
-    return "text/event-stream" in request.headers.get("accept", "")
+    accept = request.headers.getlist("accept")  # several lines make one list (RFC 9110 5.3)
+    return prefers_event_stream(accept[0] if len(accept) == 1 else ", ".join(accept))
 
 
 def error_response(
