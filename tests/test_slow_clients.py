@@ -191,13 +191,18 @@ def unchunk(body: bytes) -> bytes:
         data, body = data + rest[: int(size, 16)], rest[int(size, 16) + 2 :]
 
 
-def test_a_stream_longer_than_the_header_timeout_completes(impatient: Server):
+def stream_request(server: Server) -> bytes:
+    """A whole raw request for the slow-stream flow, ready to write to a socket."""
     body = json.dumps({"in-0": "a b"}).encode()
-    request = (
-        f"POST /stream_exported_flow?flow_id=slow-stream&org={impatient.org} HTTP/1.1\r\n"
-        f"Host: x\r\nAuthorization: Bearer {impatient.public_key}\r\n"
+    return (
+        f"POST /stream_exported_flow?flow_id=slow-stream&org={server.org} HTTP/1.1\r\n"
+        f"Host: x\r\nAuthorization: Bearer {server.public_key}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
+
+
+def test_a_stream_longer_than_the_header_timeout_completes(impatient: Server):
+    request = stream_request(impatient)
 
     async def main() -> tuple[float, bytes, bytes, bytes]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port_of(impatient))
@@ -223,12 +228,7 @@ def test_a_stream_longer_than_the_header_timeout_completes(impatient: Server):
 
 
 def test_a_slow_request_pipelined_behind_a_stream_waits_for_it_then_closes(impatient: Server):
-    body = json.dumps({"in-0": "a b"}).encode()
-    request = (
-        f"POST /stream_exported_flow?flow_id=slow-stream&org={impatient.org} HTTP/1.1\r\n"
-        f"Host: x\r\nAuthorization: Bearer {impatient.public_key}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    request = stream_request(impatient)
 
     async def main() -> tuple[bytes, float]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port_of(impatient))

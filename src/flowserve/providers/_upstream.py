@@ -23,7 +23,7 @@ import email.utils
 import importlib
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from functools import cache
 from typing import Any
 
@@ -117,6 +117,30 @@ def is_event_stream(content_type: str | None) -> bool:
     return content_type is None or content_type[:17].lower() == _EVENT_STREAM
 
 
+async def read_capped(body: AsyncIterator[bytes]) -> bytes:
+    """An error body, read as far as :data:`MAX_ERROR_BODY` and no further."""
+    data = b""
+    async for chunk in body:
+        data += chunk
+        if len(data) >= MAX_ERROR_BODY:
+            break
+    return data
+
+
+async def require_event_stream(
+    status: int,
+    headers: Mapping[str, str],
+    body: Callable[[], AsyncIterator[bytes]],
+    provider: str,
+    secret: str | None = None,
+) -> None:
+    """Raise :func:`not_a_stream`'s error unless a 2xx answer may be read as an event stream;
+    ``body`` is called only then. One header look-up per response, nothing per chunk."""
+    content_type = headers.get("content-type")
+    if not is_event_stream(content_type):
+        raise await not_a_stream(status, content_type, body(), headers, provider, secret)
+
+
 async def not_a_stream(
     status: int,
     content_type: str | None,
@@ -130,12 +154,7 @@ async def not_a_stream(
     and ``type`` (never by its words); otherwise one that names the content type."""
     media_type = (content_type or "").partition(";")[0].strip().lower()
     if "json" in media_type:
-        data = b""
-        async for chunk in body:
-            data += chunk
-            if len(data) >= MAX_ERROR_BODY:
-                break
-        error = _error_object(data)
+        error = error_object(await read_capped(body))
         if error is not None:
             message = error.get("message")
             return error_for_fields(error)(
@@ -168,10 +187,11 @@ def error_for_fields(error: Mapping[str, Any]) -> type[ProviderError]:
     return ProviderUpstreamError
 
 
-def _error_object(body: bytes) -> dict[str, Any] | None:
+def error_object(body: bytes, flat: bool = False) -> dict[str, Any] | None:
     """The error object of a JSON body that is an error: ``{"error": {…}}`` (OpenAI, vLLM,
     llama.cpp), ``{"error": "…"}`` (Ollama), the flat ``{"object": "error", …}`` of older
-    vLLM. ``None`` for anything else, such as a whole completion."""
+    vLLM. ``None`` for anything else, such as a whole completion. With ``flat`` (the body of
+    an error status, which can only be an error) any other object is taken as flat too."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -183,7 +203,7 @@ def _error_object(body: bytes) -> dict[str, Any] | None:
         return error
     if isinstance(error, str) and error:
         return {"message": error}
-    if data.get("object") == "error":
+    if flat or data.get("object") == "error":
         return data
     return None
 

@@ -170,20 +170,15 @@ def _ipv4(labels: list[str]) -> str:
     return str(ipaddress.IPv4Address(value))
 
 
-@dataclass(frozen=True, slots=True)
-class _Allowed:
-    scheme: str
-    host: str
-    port: int | None  # None: any port
-    path: str
-
-    def admits(self, e: Endpoint) -> bool:
-        return (
-            e.scheme == self.scheme
-            and e.host == self.host
-            and (self.port is None or e.effective_port == self.port)
-            and (not self.path or e.path == self.path or e.path.startswith(self.path + "/"))
-        )
+def _admits(allowed: Endpoint, e: Endpoint) -> bool:
+    """Whether an ``allowed_base_urls`` entry admits ``e``: the same scheme and host, the
+    entry's port if it names one, a path under the entry's path if it has one."""
+    return (
+        e.scheme == allowed.scheme
+        and e.host == allowed.host
+        and (allowed.port is None or e.effective_port == allowed.port)
+        and (not allowed.path or e.path == allowed.path or e.path.startswith(allowed.path + "/"))
+    )
 
 
 class EndpointPolicy:
@@ -205,19 +200,18 @@ class EndpointPolicy:
         allowed_key_envs: tuple[str, ...] = ("*_API_KEY", "*_API_TOKEN"),
     ) -> None:
         self.allowed_key_envs = tuple(allowed_key_envs)
-        self._allowed: list[_Allowed] = []
+        self._allowed: list[Endpoint] = []
         for entry in allowed_base_urls:
             try:
-                e = parse_endpoint(entry)
+                self._allowed.append(parse_endpoint(entry))
             except EndpointError as exc:
                 raise ConfigError(f"allowed_base_urls entry {entry!r} {exc}") from None
-            self._allowed.append(_Allowed(e.scheme, e.host, e.port, e.path))
 
     def check_base_url(self, url: str) -> str:
         """The URL to hand the provider (rebuilt from the parsed parts), or raise
         :class:`EndpointError` saying why it is refused."""
         endpoint = parse_endpoint(url)
-        if not any(allowed.admits(endpoint) for allowed in self._allowed):
+        if not any(_admits(allowed, endpoint) for allowed in self._allowed):
             raise EndpointError("is not allowed by this server (settings: allowed_base_urls)")
         return endpoint.url()
 

@@ -217,16 +217,9 @@ class OpenAIProvider(Provider):
             "/chat/completions", cast_to=_http_module().Response, body=params, stream=True
         )
         try:
-            content_type = response.headers.get("content-type")
-            if not _upstream.is_event_stream(content_type):
-                raise await _upstream.not_a_stream(
-                    response.status_code,
-                    content_type,
-                    response.aiter_bytes(),
-                    response.headers,
-                    self.name,
-                    api_key,
-                )
+            await _upstream.require_event_stream(
+                response.status_code, response.headers, response.aiter_bytes, self.name, api_key
+            )
             yield response.aiter_bytes()
         finally:
             with anyio.move_on_after(_CLOSE_GRACE, shield=True):

@@ -121,16 +121,9 @@ class OpenAICompatibleProvider(OpenAIProvider):
             if response.status >= 300:
                 detail = await response.read(_upstream.MAX_ERROR_BODY)
                 raise self._http_error(response.status, response.headers, detail, api_key)
-            content_type = response.headers.get("content-type")
-            if not _upstream.is_event_stream(content_type):
-                raise await _upstream.not_a_stream(
-                    response.status,
-                    content_type,
-                    response.chunks(),
-                    response.headers,
-                    self.name,
-                    api_key,
-                )
+            await _upstream.require_event_stream(
+                response.status, response.headers, response.chunks, self.name, api_key
+            )
             yield response.chunks()
         finally:
             response.close()  # back to the pool if read to the end, else closed: upstream stops
@@ -149,22 +142,11 @@ class OpenAICompatibleProvider(OpenAIProvider):
         response = await client.send(request, stream=True)
         try:
             if response.status_code >= 300:
-                detail = b""
-                async for chunk in response.aiter_bytes():
-                    detail += chunk
-                    if len(detail) >= _upstream.MAX_ERROR_BODY:
-                        break
+                detail = await _upstream.read_capped(response.aiter_bytes())
                 raise self._http_error(response.status_code, response.headers, detail, api_key)
-            content_type = response.headers.get("content-type")
-            if not _upstream.is_event_stream(content_type):
-                raise await _upstream.not_a_stream(
-                    response.status_code,
-                    content_type,
-                    response.aiter_bytes(),
-                    response.headers,
-                    self.name,
-                    api_key,
-                )
+            await _upstream.require_event_stream(
+                response.status_code, response.headers, response.aiter_bytes, self.name, api_key
+            )
             yield response.aiter_bytes()
         finally:
             with anyio.move_on_after(2.0, shield=True):
@@ -199,17 +181,8 @@ class OpenAICompatibleProvider(OpenAIProvider):
 
 
 def _error_detail(body: bytes) -> str | None:
-    """The message of an error body: ``{"error": {"message"}}`` (OpenAI, vLLM, llama.cpp),
-    ``{"message"}`` (older vLLM), ``{"error": "…"}`` (Ollama); ``None`` if there is none."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    error = data.get("error")
-    if isinstance(error, str):
-        return error
-    source = error if isinstance(error, dict) else data
-    message = source.get("message")
+    """The message of an error status's body (:func:`_upstream.error_object`, any object
+    counting as flat: older vLLM sends ``{"message"}``); ``None`` if there is none."""
+    error = _upstream.error_object(body, flat=True)
+    message = error.get("message") if error is not None else None
     return message if isinstance(message, str) else None

@@ -337,8 +337,9 @@ class Runner:
         try:
             async with limit:
                 async for chunk in stream:
-                    used += len(chunk)
-                    state.chars += len(chunk)
+                    size = len(chunk)
+                    used += size
+                    state.chars += size
                     if used > node_max or state.chars > run_max:
                         limits.check("output", used, state.chars)
                     parts.append(chunk)
