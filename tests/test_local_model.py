@@ -8,11 +8,14 @@ directly in this process, on a fresh context, with the same file, messages and s
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
+import httpx
 import pytest
 
 from flowserve.errors import ProviderBadRequestError
@@ -20,6 +23,9 @@ from flowserve.providers.base import LLMRequest, Message, ProviderEnv
 from flowserve.providers.local import LocalProvider, bundled_model_path
 from flowserve.providers.resilience import RetryPolicy, resilient_stream
 from tests import local_reference
+
+if TYPE_CHECKING:
+    from tests.conftest import Server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -151,3 +157,28 @@ async def test_a_prompt_longer_than_the_context_is_refused_with_the_numbers(prov
     assert await provider.prompt_problem(request(PROMPTS[0])) is None
     # and the provider still serves the next request normally
     assert await answer(provider, request(PROMPTS[0])) == direct(PROMPTS[0])
+
+
+def test_streamed_deltas_add_up_to_the_record_and_the_direct_answer(server: Server) -> None:
+    """Over HTTP (a v0 delta stream of tests/flows/local.yaml): the deltas, joined, are the
+    outputs the run recorded, which are what llama-cpp-python answers directly."""
+    frames = []
+    with httpx.stream(
+        "POST",
+        f"{server.base_url}/inference/v0/stream/{server.org}/local",
+        json={"in-0": PROMPTS[2]},
+        headers=server.auth(),
+        timeout=120,
+    ) as response:
+        assert response.status_code == 200
+        frames = [json.loads(line) for line in response.iter_lines() if line]
+    assert len(frames) > 2 and frames[-1]["state"] == "COMPLETED", frames[-1]
+    streamed = "".join(f["outputs"]["out-0"] for f in frames)
+    record = httpx.get(
+        f"{server.base_url}/inference/v0/run/{server.org}/local/metadata",
+        params={"run_id": frames[-1]["run_id"]},
+        headers=server.auth(server.private_key),
+        timeout=30,
+    ).json()
+    assert record["outputs"] == {"out-0": streamed}
+    assert streamed == direct(PROMPTS[2], max_tokens=48)
