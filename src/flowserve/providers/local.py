@@ -192,10 +192,12 @@ class LocalProvider(Provider):
         return pool
 
     async def prepare(self, model: str) -> None:
-        """Load one context ahead of the first request (``flowserve serve`` warms up)."""
+        """Load one context, and the prompt counter's vocabulary, ahead of the first request
+        (``flowserve serve`` warms up)."""
         pool = self._pool(model)
         llm = await pool.acquire(self._executor)
         pool.free.put_nowait(llm)
+        await asyncio.get_running_loop().run_in_executor(self._executor, pool.counter)
 
     def _too_long(self, pool: _Pool, request: LLMRequest) -> str | None:
         tokens = pool.counter().count(self._messages(request))
