@@ -1,9 +1,12 @@
 """What the cloud adapters share at their boundary with an upstream API.
 
-Each adapter maps its SDK's exceptions in one ``_map_errors()`` context manager; the pieces
-they have in common live here: which flowserve error an HTTP status means, how long a
-``Retry-After`` asks us to wait, which transport exceptions mean "the connection broke", and
-how an upstream message is made safe to show (no key, no newlines, bounded length).
+Each adapter names its clients' exceptions by what they mean (an error status, a timeout, a
+broken connection, an error event, a body that does not parse) and hands them to
+:func:`map_errors`, which turns them into flowserve errors; only the exception types, and how
+to read an SDK's status error, stay in the adapter. The rest lives here: which flowserve error
+an HTTP status means (:data:`STATUS_ERRORS`), how long a ``Retry-After`` asks us to wait,
+which transport exceptions mean "the connection broke", and how an upstream message is made
+safe to show (no key, no newlines, bounded length).
 
 Two rules every adapter keeps, because an answer that breaks them cannot carry a stream:
 
@@ -23,7 +26,8 @@ import email.utils
 import importlib
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
@@ -36,12 +40,15 @@ from flowserve.errors import (
     ProviderOverloadedError,
     ProviderProtocolError,
     ProviderRateLimitError,
+    ProviderTimeoutError,
     ProviderUpstreamError,
 )
 
 CONNECTION_LOST = "connection to upstream lost"
 CONNECT_FAILED = "could not connect to upstream"
 TRUNCATED = "upstream stream ended before the response was complete"
+TIMED_OUT = "upstream timed out"
+MALFORMED = "upstream sent malformed data"
 MAX_ERROR_BODY = 64 * 1024  # an error body is read this far, no further
 
 # What the ``code`` and ``type`` fields of an error object say, where they say it clearly
@@ -62,6 +69,17 @@ _ERROR_TYPES: dict[str, type[ProviderError]] = {
     "rate_limit_exceeded": ProviderRateLimitError,
     "overloaded_error": ProviderOverloadedError,
     "service_unavailable_error": ProviderOverloadedError,
+}
+# An upstream HTTP error status → the flowserve error. A status not listed goes by its
+# class: 3xx ProviderProtocolError (never followed), other 4xx ProviderBadRequestError, other
+# 5xx (and anything stranger) ProviderUpstreamError, which is retried.
+STATUS_ERRORS: dict[int, type[ProviderError]] = {
+    401: ProviderAuthError,
+    403: ProviderAuthError,
+    408: ProviderUpstreamError,  # the upstream tired of waiting for the request: try again
+    429: ProviderRateLimitError,
+    503: ProviderOverloadedError,
+    529: ProviderOverloadedError,  # Anthropic's "overloaded"
 }
 _EVENT_STREAM = "text/event-stream"
 
@@ -85,20 +103,90 @@ def clean_message(text: object, secret: str | None = None) -> str:
 
 
 def error_for_status(status: int) -> type[ProviderError]:
-    """The flowserve error class for an upstream HTTP error status."""
+    """The flowserve error class for an upstream HTTP error status (:data:`STATUS_ERRORS`)."""
+    cls = STATUS_ERRORS.get(status)
+    if cls is not None:
+        return cls
     if 300 <= status < 400:
         return ProviderProtocolError
-    if status in (401, 403):
-        return ProviderAuthError
-    if status == 429:
-        return ProviderRateLimitError
-    if status in (503, 529):
-        return ProviderOverloadedError
-    if status >= 500 or status == 408:
-        return ProviderUpstreamError
-    if status >= 400:
+    if 400 <= status < 500:
         return ProviderBadRequestError
     return ProviderUpstreamError
+
+
+def status_error(
+    status: int,
+    detail: str | None,
+    *,
+    provider: str,
+    secret: str | None,
+    retry_after: float | None,
+) -> ProviderError:
+    """The error for an upstream's HTTP error status: :func:`redirected` for a 3xx, else
+    :func:`error_for_status`'s class with the upstream's own message (``detail``, cleaned)."""
+    if 300 <= status < 400:
+        return redirected(status, provider)
+    message = clean_message(detail or f"upstream returned HTTP {status}", secret)
+    return error_for_status(status)(
+        message, provider=provider, status=status, retry_after=retry_after
+    )
+
+
+Kinds = tuple[type[Exception], ...]
+
+
+@contextmanager
+def map_errors(
+    provider: str,
+    *,
+    status: Kinds = (),
+    read_status: Callable[[Any], ProviderError] | None = None,
+    connect_failed: Kinds = (),
+    timeout: Kinds = (),
+    connection: Kinds = (),
+    lost: Kinds = (),
+    event: Kinds = (),
+    event_message: Callable[[Any], str] = str,
+    malformed: Kinds = (),
+) -> Iterator[dict[str, bool]]:
+    """An adapter's boundary: its clients' exceptions, named by kind, become flowserve errors
+    (by type, never by message). The kinds are tried in this order, so an SDK's base class
+    (the openai SDK's ``APIError`` as an error event) may follow its subclasses:
+
+    ``status``          an HTTP error status: ``read_status(exc)`` (see :func:`status_error`)
+    ``connect_failed``  no connection was made: ``CONNECT_FAILED``
+    ``timeout``         :class:`ProviderTimeoutError`
+    ``connection``      the connection broke: ``CONNECTION_LOST`` once ``state["connected"]``
+                        (the adapter sets it when the stream has begun), else ``CONNECT_FAILED``
+    ``lost``            raised only while a stream is read: ``CONNECTION_LOST``
+    ``event``           an error event inside a 200 stream: ``event_message(exc)``
+    ``malformed``       a body that does not parse: ``MALFORMED``
+
+    Every one but ``status`` becomes a :class:`ProviderUpstreamError` (retried) or, for
+    ``timeout``, a :class:`ProviderTimeoutError`. A :class:`ProviderError` passes untouched;
+    anything else propagates, to be reported as the bug it is.
+    """
+    state = {"connected": False}
+    try:
+        yield state
+    except ProviderError:
+        raise
+    except status as exc:
+        assert read_status is not None, "status exceptions need read_status"
+        raise read_status(exc) from exc
+    except connect_failed as exc:
+        raise ProviderUpstreamError(CONNECT_FAILED, provider=provider) from exc
+    except timeout as exc:
+        raise ProviderTimeoutError(TIMED_OUT, provider=provider) from exc
+    except connection as exc:
+        message = CONNECTION_LOST if state["connected"] else CONNECT_FAILED
+        raise ProviderUpstreamError(message, provider=provider) from exc
+    except lost as exc:
+        raise ProviderUpstreamError(CONNECTION_LOST, provider=provider) from exc
+    except event as exc:
+        raise ProviderUpstreamError(event_message(exc), provider=provider) from exc
+    except malformed as exc:
+        raise ProviderUpstreamError(MALFORMED, provider=provider) from exc
 
 
 def redirected(status: int, provider: str) -> ProviderProtocolError:

@@ -25,8 +25,8 @@ Non-obvious choices:
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
@@ -37,7 +37,6 @@ from flowserve.errors import (
     ProviderError,
     ProviderOverloadedError,
     ProviderRateLimitError,
-    ProviderTimeoutError,
     ProviderTruncatedError,
     ProviderUpstreamError,
 )
@@ -165,48 +164,35 @@ class AnthropicProvider(Provider):
         if not finished:
             raise ProviderTruncatedError(_upstream.TRUNCATED, provider=self.name)
 
-    @contextmanager
-    def _map_errors(self, api_key: str) -> Iterator[dict[str, bool]]:
-        """Translate SDK and transport exceptions into flowserve errors, by type and status."""
+    def _map_errors(self, api_key: str) -> AbstractContextManager[dict[str, bool]]:
+        """The SDK's and its HTTP library's exceptions, by kind (:func:`_upstream.map_errors`)."""
         import anthropic
 
-        state = {"connected": False}
-        try:
-            yield state
-        except ProviderError:
-            raise
-        except anthropic.APIStatusError as exc:
-            raise self._status_error(exc, api_key) from exc
-        except anthropic.APITimeoutError as exc:
-            raise ProviderTimeoutError("upstream timed out", provider=self.name) from exc
-        except anthropic.APIConnectionError as exc:
-            message = _upstream.CONNECTION_LOST if state["connected"] else _upstream.CONNECT_FAILED
-            raise ProviderUpstreamError(message, provider=self.name) from exc
-        except _upstream.timeout_errors() as exc:
-            raise ProviderTimeoutError("upstream timed out", provider=self.name) from exc
-        except _upstream.transport_errors() as exc:
-            raise ProviderUpstreamError(_upstream.CONNECTION_LOST, provider=self.name) from exc
-        except json.JSONDecodeError as exc:
-            raise ProviderUpstreamError("upstream sent malformed data", provider=self.name) from exc
+        return _upstream.map_errors(
+            self.name,
+            status=(anthropic.APIStatusError,),
+            read_status=lambda exc: self._status_error(exc, api_key),
+            timeout=(anthropic.APITimeoutError, *_upstream.timeout_errors()),
+            connection=(anthropic.APIConnectionError,),
+            lost=_upstream.transport_errors(),  # not wrapped while the body is read
+            malformed=(json.JSONDecodeError,),
+        )
 
     def _status_error(self, exc: APIStatusError, api_key: str) -> ProviderError:
         status = exc.status_code
-        if 300 <= status < 400:  # not followed: see _client()
-            return _upstream.redirected(status, self.name)
         error = exc.body.get("error") if isinstance(exc.body, dict) else None
         error = error if isinstance(error, dict) else {}
-        error_type, detail = error.get("type"), error.get("message")
-        message = _upstream.clean_message(
-            detail if isinstance(detail, str) and detail else f"upstream returned HTTP {status}",
-            api_key,
-        )
-        if status < 400:  # ``event: error`` inside a 200 stream
-            cls = _STREAM_ERROR_TYPES.get(str(error_type), ProviderUpstreamError)
+        detail = error.get("message")
+        detail = detail if isinstance(detail, str) else None
+        if status < 300:  # ``event: error`` inside a 200 stream
+            message = _upstream.clean_message(detail or f"upstream returned HTTP {status}", api_key)
+            cls = _STREAM_ERROR_TYPES.get(str(error.get("type")), ProviderUpstreamError)
             return cls(message, provider=self.name)
-        return _upstream.error_for_status(status)(
-            message,
+        return _upstream.status_error(  # a 3xx was not followed: see _client()
+            status,
+            detail,
             provider=self.name,
-            status=status,
+            secret=api_key,
             retry_after=_upstream.retry_after(exc.response.headers),
         )
 

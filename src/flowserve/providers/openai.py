@@ -37,8 +37,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
@@ -48,7 +48,6 @@ from pydantic import Field, ValidationError
 from flowserve.errors import (
     ProviderBadRequestError,
     ProviderError,
-    ProviderTimeoutError,
     ProviderTruncatedError,
     ProviderUpstreamError,
 )
@@ -234,47 +233,36 @@ class OpenAIProvider(Provider):
             provider=self.name,
         )
 
-    @contextmanager
-    def _map_errors(self, api_key: str) -> Iterator[dict[str, bool]]:
-        """Translate SDK and transport exceptions into flowserve errors, by type and status."""
+    def _map_errors(self, api_key: str) -> AbstractContextManager[dict[str, bool]]:
+        """The SDK's and its HTTP library's exceptions, by kind (:func:`_upstream.map_errors`)."""
         import openai
 
-        state = {"connected": False}
-        try:
-            yield state
-        except ProviderError:
-            raise
-        except openai.APIStatusError as exc:
-            raise self._status_error(exc, api_key) from exc
-        except openai.APITimeoutError as exc:
-            raise ProviderTimeoutError("upstream timed out", provider=self.name) from exc
-        except openai.APIConnectionError as exc:
+        return _upstream.map_errors(
+            self.name,
+            status=(openai.APIStatusError,),
+            read_status=lambda exc: self._status_error(exc, api_key),
+            timeout=(openai.APITimeoutError, *_upstream.timeout_errors()),
             # Recent openai versions also wrap a drop while reading the body in this.
-            message = _upstream.CONNECTION_LOST if state["connected"] else _upstream.CONNECT_FAILED
-            raise ProviderUpstreamError(message, provider=self.name) from exc
-        except openai.APIError as exc:
+            connection=(openai.APIConnectionError,),
+            # Most versions do not wrap what breaks while the body is read.
+            lost=_upstream.transport_errors(),
             # An error event inside a 200 stream: ``data: {"error": {...}}``.
-            message = _upstream.clean_message(exc.message, api_key) or "upstream stream failed"
-            raise ProviderUpstreamError(message, provider=self.name) from exc
-        except _upstream.timeout_errors() as exc:
-            raise ProviderTimeoutError("upstream timed out", provider=self.name) from exc
-        except _upstream.transport_errors() as exc:
-            raise ProviderUpstreamError(_upstream.CONNECTION_LOST, provider=self.name) from exc
-        except (json.JSONDecodeError, orjson.JSONDecodeError) as exc:
-            raise ProviderUpstreamError("upstream sent malformed data", provider=self.name) from exc
+            event=(openai.APIError,),
+            event_message=lambda exc: (
+                _upstream.clean_message(exc.message, api_key) or "upstream stream failed"
+            ),
+            malformed=(json.JSONDecodeError, orjson.JSONDecodeError),
+        )
 
     def _status_error(self, exc: APIStatusError, api_key: str) -> ProviderError:
-        status = exc.status_code
-        if 300 <= status < 400:  # not followed: see _client()
-            return _upstream.redirected(status, self.name)
         # The SDK unwraps ``{"error": {...}}``; compatible servers may send a flat object.
         body = exc.body if isinstance(exc.body, dict) else {}
-        detail = body.get("message") if isinstance(body.get("message"), str) else None
-        message = _upstream.clean_message(detail or f"upstream returned HTTP {status}", api_key)
-        return _upstream.error_for_status(status)(
-            message,
+        detail = body.get("message")
+        return _upstream.status_error(  # a 3xx was not followed: see _client()
+            exc.status_code,
+            detail if isinstance(detail, str) else None,
             provider=self.name,
-            status=status,
+            secret=api_key,
             retry_after=_upstream.retry_after(exc.response.headers),
         )
 

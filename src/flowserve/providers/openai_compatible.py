@@ -21,8 +21,8 @@ the SDK costs.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager, asynccontextmanager
 from typing import Any
 
 import anyio
@@ -30,12 +30,7 @@ import httpx
 import orjson
 
 from flowserve import __version__
-from flowserve.errors import (
-    ProviderBadRequestError,
-    ProviderError,
-    ProviderTimeoutError,
-    ProviderUpstreamError,
-)
+from flowserve.errors import ProviderBadRequestError, ProviderError
 from flowserve.providers import _http1, _upstream
 from flowserve.providers.base import LLMRequest, ProviderEnv
 from flowserve.providers.openai import OpenAIProvider
@@ -153,31 +148,24 @@ class OpenAICompatibleProvider(OpenAIProvider):
                 await response.aclose()
 
     def _http_error(self, status: int, headers: Any, body: bytes, api_key: str) -> ProviderError:
-        if status < 400:  # neither client follows redirects
-            return _upstream.redirected(status, self.name)
-        detail = _error_detail(body)
-        message = _upstream.clean_message(detail or f"upstream returned HTTP {status}", api_key)
-        return _upstream.error_for_status(status)(
-            message, provider=self.name, status=status, retry_after=_upstream.retry_after(headers)
+        return _upstream.status_error(  # neither client follows a 3xx
+            status,
+            _error_detail(body),
+            provider=self.name,
+            secret=api_key,
+            retry_after=_upstream.retry_after(headers),
         )
 
-    @contextmanager
-    def _map_errors(self, api_key: str) -> Iterator[dict[str, bool]]:
-        """Transport exceptions (ours and httpx's, for proxied requests) as flowserve errors."""
-        state = {"connected": False}
-        try:
-            yield state
-        except ProviderError:
-            raise
-        except (_http1.ConnectFailed, httpx.ConnectError, httpx.ProxyError) as exc:
-            raise ProviderUpstreamError(_upstream.CONNECT_FAILED, provider=self.name) from exc
-        except httpx.TimeoutException as exc:
-            raise ProviderTimeoutError("upstream timed out", provider=self.name) from exc
-        except (_http1.ConnectionLost, httpx.TransportError, ConnectionError) as exc:
-            message = _upstream.CONNECTION_LOST if state["connected"] else _upstream.CONNECT_FAILED
-            raise ProviderUpstreamError(message, provider=self.name) from exc
-        except orjson.JSONDecodeError as exc:
-            raise ProviderUpstreamError("upstream sent malformed data", provider=self.name) from exc
+    def _map_errors(self, api_key: str) -> AbstractContextManager[dict[str, bool]]:
+        """Transport exceptions (ours and httpx's, for proxied requests), by kind
+        (:func:`_upstream.map_errors`); HTTP error statuses are raised by :meth:`_send`."""
+        return _upstream.map_errors(
+            self.name,
+            connect_failed=(_http1.ConnectFailed, httpx.ConnectError, httpx.ProxyError),
+            timeout=(httpx.TimeoutException,),
+            connection=(_http1.ConnectionLost, httpx.TransportError, ConnectionError),
+            malformed=(orjson.JSONDecodeError,),
+        )
 
 
 def _error_detail(body: bytes) -> str | None:

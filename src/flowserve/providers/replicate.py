@@ -49,8 +49,8 @@ import contextvars
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import anyio
@@ -60,7 +60,6 @@ from flowserve.errors import (
     ProviderBadRequestError,
     ProviderCancelledError,
     ProviderError,
-    ProviderTimeoutError,
     ProviderTruncatedError,
     ProviderUpstreamError,
 )
@@ -211,31 +210,24 @@ class ReplicateProvider(Provider):
         if scope.cancelled_caught:
             logger.warning("cancelling prediction %s timed out", prediction_id)
 
-    @contextmanager
-    def _map_errors(self, token: str) -> Iterator[dict[str, bool]]:
-        """Translate SDK and transport exceptions into flowserve errors, by type and status."""
+    def _map_errors(self, token: str) -> AbstractContextManager[dict[str, bool]]:
+        """The SDK's and httpx's exceptions, by kind (:func:`_upstream.map_errors`)."""
         import httpx
         from replicate.exceptions import ReplicateError
 
-        state = {"connected": False}
-        try:
-            yield state
-        except ProviderError:
-            raise
-        except ReplicateError as exc:
-            raise self._status_error(exc, token) from exc
-        except RuntimeError as exc:
+        return _upstream.map_errors(
+            self.name,
+            status=(ReplicateError,),
+            read_status=lambda exc: self._status_error(exc, token),
+            timeout=(httpx.TimeoutException,),
+            connection=(httpx.TransportError,),
             # ``event: error`` in the stream; the SDK raises RuntimeError(<event data>).
-            raise ProviderUpstreamError(_event_detail(str(exc), token), provider=self.name) from exc
-        except httpx.TimeoutException as exc:
-            raise ProviderTimeoutError("upstream timed out", provider=self.name) from exc
-        except httpx.TransportError as exc:
-            message = _upstream.CONNECTION_LOST if state["connected"] else _upstream.CONNECT_FAILED
-            raise ProviderUpstreamError(message, provider=self.name) from exc
-        except ValueError as exc:
+            event=(RuntimeError,),
+            event_message=lambda exc: _event_detail(str(exc), token),
             # An unknown SSE event name, a stream that is not text/event-stream, or a
             # prediction the SDK cannot parse.
-            raise ProviderUpstreamError("upstream sent malformed data", provider=self.name) from exc
+            malformed=(ValueError,),
+        )
 
     def _status_error(self, exc: ReplicateError, token: str) -> ProviderError:
         status = exc.status
@@ -244,11 +236,11 @@ class ReplicateProvider(Provider):
             return ProviderBadRequestError(
                 _upstream.clean_message(detail, token), provider=self.name
             )
-        detail = exc.detail or exc.title or f"upstream returned HTTP {status}"
-        return _upstream.error_for_status(status)(
-            _upstream.clean_message(detail, token),
+        return _upstream.status_error(  # a 3xx never gets here: _refuse_redirects
+            status,
+            exc.detail or exc.title,
             provider=self.name,
-            status=status,
+            secret=token,
             retry_after=_retry_after.get(),
         )
 
