@@ -127,3 +127,39 @@ async def test_a_waiter_loads_for_itself_when_the_loading_reader_is_cancelled() 
         await anyio.sleep(0.01)  # the waiter waits for the loader's load
         scope.cancel()
     assert got == ["v1"] and source.loads == 2
+
+
+async def test_a_full_cache_drops_one_entry_for_a_new_one_not_all_of_them() -> None:
+    cache: RefreshingCache[str, str] = RefreshingCache(ttl=10, max_entries=10)
+    sources = {f"k{i}": Source(f"v{i}", delay=0) for i in range(10)}
+    for key, source in sources.items():
+        await cache.get(key, source.load)
+    new = Source("new", delay=0)
+
+    assert await cache.get("new", new.load) == "new"  # one over capacity
+
+    for key in reversed(sources):  # newest first: a read moves an entry to the front
+        assert await cache.get(key, sources[key].load) == sources[key].value
+    reloaded = [key for key, source in sources.items() if source.loads > 1]
+    assert reloaded == ["k0"]  # the other nine were still served from the cache
+    assert new.loads == 1
+
+
+async def test_a_full_cache_keeps_what_was_read_recently() -> None:
+    cache: RefreshingCache[str, str] = RefreshingCache(ttl=10, max_entries=3)
+    sources = {key: Source(key, delay=0) for key in "abcd"}
+    for key in "abc":
+        await cache.get(key, sources[key].load)
+    await cache.get("a", sources["a"].load)  # the oldest entry, read again: now "b" is
+
+    await cache.get("d", sources["d"].load)
+
+    for key in "acd":
+        assert await cache.get(key, sources[key].load) == key
+    assert {key: source.loads for key, source in sources.items()} == {
+        "a": 1,
+        "b": 1,
+        "c": 1,
+        "d": 1,
+    }
+    assert await cache.get("b", sources["b"].load) == "b" and sources["b"].loads == 2

@@ -8,7 +8,9 @@ each queued its own query behind the one database thread (ten streams started to
 up to 35 ms for their first token, against 9 ms with entries that never expire), and at low
 load one request in a few paid a query. Here, once an entry is past half its ``ttl``, a read
 still returns it at once and starts one refresh in the background; only an entry past its
-whole ``ttl`` (an idle server) makes readers wait, and then they share one load.
+whole ``ttl`` (an idle server) makes readers wait, and then they share one load. A full cache
+(``max_entries``) drops its least recently read entry for a new one: one reader pays one
+load, where emptying the cache would send every request in flight to the database at once.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
@@ -34,7 +37,8 @@ class RefreshingCache(Generic[K, V]):
         self.ttl = ttl
         self.max_entries = max_entries
         self.spawn: Spawn | None = None  # set by the app: background refreshes run in its group
-        self._entries: dict[K, tuple[float, V, Load[V]]] = {}
+        # least recently read first: a hit moves its entry to the end
+        self._entries: OrderedDict[K, tuple[float, V, Load[V]]] = OrderedDict()
         self._loading: dict[K, asyncio.Future[V]] = {}
 
     async def get(self, key: K, load: Load[V], reload: Load[V] | None = None) -> V:
@@ -45,6 +49,7 @@ class RefreshingCache(Generic[K, V]):
         if entry is not None:
             age = time.monotonic() - entry[0]
             if age < self.ttl:
+                self._entries.move_to_end(key)
                 if age >= self.ttl / 2 and self.spawn is not None and key not in self._loading:
                     self.spawn(self._refresh, key, entry[2])
                 return entry[1]
@@ -93,9 +98,12 @@ class RefreshingCache(Generic[K, V]):
                 log.warning("background refresh failed: %s", type(exc).__name__)
 
     def _store(self, key: K, value: V, load: Load[V]) -> None:
-        if len(self._entries) >= self.max_entries and key not in self._entries:
-            self._entries.clear()
-        self._entries[key] = (time.monotonic(), value, load)
+        entries = self._entries
+        if key in entries:
+            entries.move_to_end(key)
+        elif entries and len(entries) >= self.max_entries:
+            entries.popitem(last=False)  # the least recently read
+        entries[key] = (time.monotonic(), value, load)
 
 
 def _being_cancelled() -> bool:
