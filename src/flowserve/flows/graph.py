@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
 from pydantic import ValidationError
@@ -84,52 +85,24 @@ def _templates(spec: LLMNodeSpec | TemplateNodeSpec) -> dict[str, Template]:
     return out
 
 
-def _find_cycle(deps: Mapping[str, tuple[str, ...]]) -> list[str] | None:
-    """A cycle as a path ``[a, b, …, a]``, or None. Iterative (a depth-first search with an
-    explicit stack): a published flow may chain thousands of nodes, past Python's recursion
-    limit."""
-    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-    for root in deps:
-        if root in state:
-            continue
-        state[root] = 1
-        path = [root]
-        stack = [iter(deps[root])]
-        while stack:
-            for dep in stack[-1]:
-                if state.get(dep) == 1:
-                    return [*path[path.index(dep) :], dep]
-                if dep in deps and dep not in state:
-                    state[dep] = 1
-                    path.append(dep)
-                    stack.append(iter(deps[dep]))
-                    break
-            else:
-                stack.pop()
-                state[path.pop()] = 2
-    return None
+def _order(deps: Mapping[str, tuple[str, ...]]) -> tuple[tuple[str, ...], list[str] | None]:
+    """The nodes in an order that puts each after the nodes it depends on, and no cycle; or
+    no order and a cycle as a path ``[a, b, …, a]`` in which each node references the next.
 
-
-def _toposort(deps: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
-    """Each node after the nodes it depends on (post-order; iterative, as above)."""
-    done: list[str] = []
-    seen: set[str] = set()
-    for root in deps:
-        if root in seen:
-            continue
-        seen.add(root)
-        stack = [(root, iter(deps[root]))]
-        while stack:
-            node, children = stack[-1]
-            for dep in children:
-                if dep in deps and dep not in seen:
-                    seen.add(dep)
-                    stack.append((dep, iter(deps[dep])))
-                    break
-            else:
-                stack.pop()
-                done.append(node)
-    return tuple(done)
+    The order is :mod:`graphlib`'s (iterative: a published flow may chain thousands of nodes,
+    past Python's recursion limit): the nodes that depend on none, in the file's order, then
+    wave by wave those whose dependencies are all placed. It depends on the file alone."""
+    sorter: TopologicalSorter[str] = TopologicalSorter()
+    for node_id in deps:
+        sorter.add(node_id)  # first, so that ready nodes keep the file's order
+    for node_id, node_deps in deps.items():
+        sorter.add(node_id, *node_deps)
+    try:
+        return tuple(sorter.static_order()), None
+    except CycleError as exc:
+        # graphlib's path goes from each node to one that depends on it; the flow file reads
+        # the other way (a references b), and so does the message.
+        return (), exc.args[1][::-1]
 
 
 def _check_llm(
@@ -202,7 +175,8 @@ def compile_flow(spec: FlowSpec, registry: ProviderRegistry) -> Flow:
                     refs.append(name)
         deps[node_id] = tuple(r for r in refs if r in spec.nodes)
 
-    if (cycle := _find_cycle(deps)) is not None:
+    order, cycle = _order(deps)
+    if cycle is not None:
         problems.append((f"nodes.{cycle[0]}", "cycle: " + " -> ".join(cycle)))
 
     for out_id, source in spec.outputs.items():
@@ -249,7 +223,7 @@ def compile_flow(spec: FlowSpec, registry: ProviderRegistry) -> Flow:
     return Flow(
         spec=spec,
         nodes=nodes,
-        order=_toposort(deps),
+        order=order,
         warnings=tuple(warnings),
         prompt_checked=prompt_checked,
     )
