@@ -29,6 +29,26 @@ class RunStore:
         fields.setdefault("finished_at", utcnow())
         await self.writer.update(run_id, fields)
 
+    # Run records that could not be written (see _group_commit): for /metrics and /healthz.
+    @property
+    def failed_writes(self) -> int:
+        """Run records lost since start."""
+        return self.writer.failed_writes
+
+    @property
+    def last_failure(self) -> float | None:
+        """``time.monotonic()`` when the last run record was lost, or None."""
+        return self.writer.last_failure
+
+    @property
+    def last_failure_error(self) -> str:
+        """The type name of the error that lost the last run record ("" if none was)."""
+        return self.writer.last_failure_error
+
+    def healthy(self, window: float) -> bool:
+        """Whether no run record was lost in the last ``window`` seconds."""
+        return self.writer.healthy(window)
+
     async def get(self, org_id: str, run_id: str) -> Run:
         async with self.db.session() as s:
             row = await s.get(Run, run_id)
