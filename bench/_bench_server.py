@@ -15,7 +15,7 @@ import httpx
 
 from flowserve.auth import PRIVATE, PUBLIC
 from flowserve.config import Settings
-from flowserve.http.state import AppState
+from flowserve.services import Services
 
 
 def _free_port() -> int:
@@ -70,7 +70,7 @@ class BenchServer:
         self.log.close()
 
     async def _make_org(self) -> tuple[str, str]:
-        state = AppState.build(Settings(database_url=self.database_url))
+        state = Services.build(Settings(database_url=self.database_url))
         await state.db.create_schema()
         await state.keys.create_org(self.org)
         public = await state.keys.create_key(self.org, PUBLIC)

@@ -116,9 +116,9 @@ class Flowserve:
     async def _prepare(self) -> str:
         from flowserve.auth import PRIVATE, PUBLIC
         from flowserve.config import Settings
-        from flowserve.http.state import AppState
+        from flowserve.services import Services
 
-        state = AppState.build(Settings(database_url=self.database_url))
+        state = Services.build(Settings(database_url=self.database_url))
         try:
             await state.db.create_schema()
             await state.keys.create_org(ORG)

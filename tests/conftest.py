@@ -19,7 +19,7 @@ import pytest
 
 from flowserve.auth import PRIVATE, PUBLIC
 from flowserve.config import Settings
-from flowserve.http.state import AppState
+from flowserve.services import Services
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,7 +71,7 @@ class Server:
 
 def make_org(database_url: str, org: str) -> tuple[str, str]:
     async def go() -> tuple[str, str]:
-        state = AppState.build(Settings(database_url=database_url))
+        state = Services.build(Settings(database_url=database_url))
         await state.db.create_schema()
         await state.keys.create_org(org)
         public = await state.keys.create_key(org, PUBLIC)

@@ -13,7 +13,7 @@ import httpx
 
 from flowserve.auth import PUBLIC
 from flowserve.config import Settings
-from flowserve.http.state import AppState
+from flowserve.services import Services
 from tests import sse
 from tests.conftest import Server
 
@@ -28,7 +28,7 @@ def add_key(
     """A new key in the database a running server uses (it reads keys on demand)."""
 
     async def go() -> str:
-        state = AppState.build(Settings(database_url=database_url, warm_up=False))
+        state = Services.build(Settings(database_url=database_url, warm_up=False))
         try:
             await state.keys.create_org(org)
             key = await state.keys.create_key(org, kind, "", list(origins), rate_limit)

@@ -1,4 +1,4 @@
-"""Browser access, decided per key (flowserve.http.cors): preflights answered permissively,
+"""Browser access, decided per key (flowserve.http.admission, flowserve.http.edge): preflights answered permissively,
 the actual request allowed or refused (403) by the key's allowed origins before any run."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """A client that leaves cancels its run: generation stops and the run is recorded CANCELLED
-with the partial output (contract 2.4, resume_grace = 0)."""
+with the partial output (contract 2.4: no resume yet)."""
 
 from __future__ import annotations
 

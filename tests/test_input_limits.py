@@ -149,3 +149,14 @@ def test_limits_are_settings(tmp_path):
         assert r.status_code == 200
     finally:
         stop_server(srv)
+
+
+@pytest.mark.parametrize("body", [b" ", b" \t\r\n", b"\x0b"])
+def test_a_body_of_whitespace_is_no_json_and_runs_nothing(server: Server, body: bytes):
+    before = run_count(server)
+    r = send(server, "/run_deployed_flow?flow_id=echo&org={org}", body)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["msg"] == "body is not valid JSON"
+    assert run_count(server) == before
+    empty = send(server, "/run_deployed_flow?flow_id=echo&org={org}", b"")  # no body: defaults
+    assert empty.json()["detail"][0]["loc"] == ["body", "in-0"]  # echo's input has none

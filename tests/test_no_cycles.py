@@ -90,9 +90,11 @@ def test_finished_streams_leave_no_reference_cycles(served):
                             break
         runs = app.state.flowserve.runs  # type: ignore[attr-defined]
         deadline = time.monotonic() + 10
-        while (runs.active or sum(runs.finished.values()) < 8) and time.monotonic() < deadline:
+        while (
+            runs.active or sum(runs.metrics.finished.values()) < 8
+        ) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert sum(runs.finished.values()) == 8 and not runs.active
+        assert sum(runs.metrics.finished.values()) == 8 and not runs.active
         time.sleep(0.2)  # the last records are written
         gc.collect()
         left = sorted(

@@ -1,4 +1,4 @@
-"""The set-up gate (flowserve.http.pacing): a burst of new streams is set up a few at a time,
+"""The set-up gate (flowserve.http.stream): a burst of new streams is set up a few at a time,
 in arrival order, with the open streams' sockets read between them; a slot is always given
 back, whether the request streams, fails, or its caller gives up while waiting."""
 
@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from flowserve.http.pacing import SetupGate
+from flowserve.http.stream import SetupGate
 from tests import sse
 from tests.conftest import start_server, stop_server
 

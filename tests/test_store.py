@@ -14,7 +14,7 @@ import pytest
 from flowserve.auth import PRIVATE, PUBLIC, parse_bearer
 from flowserve.config import Settings
 from flowserve.errors import AuthError, NotFoundError
-from flowserve.http.state import AppState
+from flowserve.services import Services
 
 pytestmark = pytest.mark.anyio
 
@@ -32,7 +32,7 @@ async def state(request, tmp_path):
         await admin.execute(f'CREATE DATABASE "{dbname}"')
         await admin.close()
         url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{dbname}"
-    app_state = AppState.build(Settings(database_url=url))
+    app_state = Services.build(Settings(database_url=url))
     await app_state.db.create_schema()
     await app_state.keys.create_org("acme")
     try:
@@ -94,7 +94,7 @@ async def test_run_records_and_memory(state):
     principal = Principal("acme", "k1", PUBLIC)
     outputs = []
     for text in ("one", "two", "three"):
-        async with state.runs.execute(principal, loaded, {"in-0": text}, "user-1") as run:
+        async with state.runs.start(principal, loaded, {"in-0": text}, "user-1") as run:
             async for _ in run.events():
                 pass
         outputs.append(run.outputs()["out-0"])
@@ -102,15 +102,15 @@ async def test_run_records_and_memory(state):
     assert outputs[0] == "one"
     assert outputs[1] == "one | one | two"
     assert outputs[2] == "one | one | two | one | one | two | three"
-    row = await state.runs.runs.get("acme", run.id)
+    row = await state.runs.store.get("acme", run.id)
     assert row.state == "COMPLETED" and row.user_id == "user-1"
     assert row.inputs == {"in-0": "three"} and row.outputs == {"out-0": outputs[2]}
     with pytest.raises(NotFoundError):
-        await state.runs.runs.get("other-org", run.id)
+        await state.runs.store.get("other-org", run.id)
     # The window keeps the last two exchanges only.
     history = await state.runs.memory.load("acme", "echo", "llm-0", "user-1", 2)
     assert [m.content for m in history][0::2] == ["two", "three"]
-    async with state.runs.execute(principal, loaded, {"in-0": "four"}, "user-1") as run:
+    async with state.runs.start(principal, loaded, {"in-0": "four"}, "user-1") as run:
         async for _ in run.events():
             pass
     assert run.outputs()["out-0"] == f"two | {outputs[1]} | three | {outputs[2]} | four"
@@ -123,12 +123,12 @@ async def test_concurrent_run_records_are_group_committed(state):
     await state.flows.publish("acme", ECHO)
     loaded = await state.flows.get("acme", "echo")
     principal = Principal("acme", "k1", PUBLIC)
-    writer = state.runs.runs.writer
+    writer = state.runs.store.writer
     before = writer.batches
     run_ids: list[str] = []
 
     async def one(i: int) -> None:
-        async with state.runs.execute(principal, loaded, {"in-0": f"run {i}"}) as run:
+        async with state.runs.start(principal, loaded, {"in-0": f"run {i}"}) as run:
             async for _ in run.events():
                 pass
         run_ids.append(run.id)
@@ -139,7 +139,7 @@ async def test_concurrent_run_records_are_group_committed(state):
     # 40 runs, two writes each; concurrent writes share transactions.
     assert writer.batches - before < 40
     for run_id in run_ids:
-        row = await state.runs.runs.get("acme", run_id)
+        row = await state.runs.store.get("acme", run_id)
         assert row.state == "COMPLETED" and row.outputs["out-0"].startswith("run ")
         assert row.finished_at is not None and row.owner
 
@@ -150,19 +150,19 @@ async def test_a_short_run_is_written_once_and_a_long_one_is_visible_while_runni
     await state.flows.publish("acme", ECHO.replace("prompt:", 'model: "echo?delay=0.2", prompt:'))
     loaded = await state.flows.get("acme", "echo")
     principal = Principal("acme", "k1", PUBLIC)
-    writer = state.runs.runs.writer
+    writer = state.runs.store.writer
     state.runs.record_delay = 0.25
 
     before = writer.batches
-    async with state.runs.execute(principal, loaded, {"in-0": "quick"}) as run:
+    async with state.runs.start(principal, loaded, {"in-0": "quick"}) as run:
         async for _ in run.events():
             pass
     assert writer.batches - before == 1  # one insert, with the outcome
-    assert (await state.runs.runs.get("acme", run.id)).state == "COMPLETED"
+    assert (await state.runs.store.get("acme", run.id)).state == "COMPLETED"
 
-    async with state.runs.execute(principal, loaded, {"in-0": "a b c d"}) as run:
+    async with state.runs.start(principal, loaded, {"in-0": "a b c d"}) as run:
         async for event in run.events():
             if type(event).__name__ == "NodeDelta" and event.text.strip() == "c":
-                row = await state.runs.runs.get("acme", run.id)
+                row = await state.runs.store.get("acme", run.id)
                 assert row.state == "RUNNING"  # recorded once it outlived record_delay
-    assert (await state.runs.runs.get("acme", run.id)).state == "COMPLETED"
+    assert (await state.runs.store.get("acme", run.id)).state == "COMPLETED"

@@ -34,7 +34,6 @@ class Settings(BaseSettings):
     # merge the events that piled up while a client was slow into one frame; off only to
     # measure what that saves (bench/relay.py)
     stream_coalesce: bool = True
-    resume_grace: float = Field(default=0.0, ge=0)
 
     # request limits (each refusal is a 4xx naming the limit, before any provider is called)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
@@ -43,15 +42,15 @@ class Settings(BaseSettings):
     max_url_bytes: int = Field(default=4096, ge=256)  # path + query string (414)
     max_header_bytes: int = Field(default=32_768, ge=1024)  # all request headers (431)
     # seconds a connection may take to send a request's headers, from when it is opened or
-    # its previous response ended; then 408 and closed (slow clients: flowserve.http.protocol).
+    # its previous response ended; then 408 and closed (slow clients: flowserve.http.server).
     # Request bodies and responses are not timed.
     header_timeout: float = Field(default=10.0, gt=0)
 
-    # abuse limits, per API key and for the whole process (flowserve.http.limits)
+    # abuse limits, per API key and for the whole process (flowserve.http.admission)
     rate_limit_per_minute: int = Field(default=600, ge=0)  # default per key; 0 = no limit
     max_concurrent_runs_per_key: int = Field(default=20, ge=1)  # beyond: 429
     max_concurrent_runs: int = Field(default=200, ge=1)  # beyond: 503
-    # streams being set up at once; more wait their turn (flowserve.http.pacing)
+    # streams being set up at once; more wait their turn (flowserve.http.stream)
     max_concurrent_setups: int = Field(default=2, ge=1)
 
     # what one published flow may hold (a 422 naming the setting beyond)
@@ -71,7 +70,7 @@ class Settings(BaseSettings):
     first_token_timeout: float = Field(default=60.0, gt=0)
     node_timeout: float = Field(default=600.0, gt=0)
 
-    # shutdown and crash safety (flowserve.http.shutdown, flowserve.store.instances)
+    # shutdown and crash safety (flowserve.http.server, flowserve.store.instances)
     # a run is recorded RUNNING once it has lasted this long; shorter runs are written once
     record_delay: float = Field(default=0.25, ge=0)
     drain_seconds: float = Field(default=10.0, ge=0)  # runs in flight may finish this long

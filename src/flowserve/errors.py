@@ -7,9 +7,9 @@
     ├── AuthError                    missing / unknown / revoked / wrong-org key
     │   └── ForbiddenError           key is valid but lacks the right (public key publishing)
     ├── InputError                   request body is wrong (422; names the field)
+    │   ├── ParameterError           path or query parameters are wrong (422; each named)
     │   └── PayloadTooLargeError     body over the size limit (413)
     ├── LimitError                   rate / concurrency limit hit (429/503, retry_after)
-    ├── RunCancelled                 a run was stopped (client gone, stop request, shutdown)
     ├── RunTimeoutError              a run hit its total or idle time limit (state FAILED)
     ├── APIError                     (Python client) a server answered with an error
     │   └── RunFailedError           (Python client) the run failed after streaming began
@@ -82,6 +82,17 @@ class InputError(FlowserveError):
         self.loc = loc
 
 
+class ParameterError(InputError):
+    """Path or query parameters are invalid: each problem is (loc, msg, type), in FastAPI's
+    and pydantic's terms (``loc`` like ``("query", "version")``)."""
+
+    error_type = "invalid_parameters"
+
+    def __init__(self, problems: list[tuple[tuple[str, ...], str, str]]) -> None:
+        super().__init__("; ".join(f"{'.'.join(loc)}: {msg}" for loc, msg, _ in problems))
+        self.problems = problems
+
+
 class PayloadTooLargeError(InputError):
     error_type = "payload_too_large"
 
@@ -93,10 +104,6 @@ class LimitError(FlowserveError):
         super().__init__(message)
         self.retry_after = retry_after
         self.status = status
-
-
-class RunCancelled(FlowserveError):
-    error_type = "cancelled"
 
 
 class RunTimeoutError(FlowserveError):

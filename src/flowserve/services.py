@@ -1,4 +1,6 @@
-"""Everything the routes need, built once at startup from Settings and handed down."""
+"""The composition root: stores, providers and services, built once from Settings and handed
+down. Nothing here speaks HTTP: ``flowserve run`` builds the same services without importing
+``flowserve.http``, and the HTTP app adds only its own edge (limits, pacing) on top."""
 
 from __future__ import annotations
 
@@ -11,15 +13,14 @@ from flowserve.auth import Principal, parse_bearer
 from flowserve.cache import RefreshingCache
 from flowserve.config import Settings
 from flowserve.errors import AuthError, FlowserveError, ForbiddenError
+from flowserve.flows.service import FlowService
 from flowserve.flows.spec import LLMNodeSpec
-from flowserve.http.limits import Limits
-from flowserve.http.pacing import SetupGate
 from flowserve.providers.base import ProviderEnv
 from flowserve.providers.endpoints import EndpointPolicy
 from flowserve.providers.registry import ProviderRegistry
 from flowserve.providers.resilience import RetryPolicy
 from flowserve.runs.runner import Runner, TextLimits
-from flowserve.runs.service import FlowService, RunService
+from flowserve.runs.service import RunService
 from flowserve.store.database import Database
 from flowserve.store.flows import FlowStore
 from flowserve.store.instances import InstanceStore
@@ -31,20 +32,18 @@ log = logging.getLogger("flowserve")
 
 
 @dataclass
-class AppState:
+class Services:
     settings: Settings
     db: Database
     registry: ProviderRegistry
     keys: KeyStore
     flows: FlowService
     runs: RunService
-    limits: Limits
     instances: InstanceStore
     key_cache: RefreshingCache[str, Principal]
-    setup_gate: SetupGate
 
     @classmethod
-    def build(cls, settings: Settings) -> AppState:
+    def build(cls, settings: Settings) -> Services:
         db = Database(settings.database_url)
         registry = ProviderRegistry.from_entry_points(
             ProviderEnv(environ=dict(os.environ), settings=settings.providers),
@@ -75,7 +74,6 @@ class AppState:
         )
         instances = InstanceStore(db, settings.heartbeat_interval)
         runs = RunService(
-            flows,
             RunStore(db),
             MemoryStore(db),
             runner,
@@ -84,9 +82,7 @@ class AppState:
         )
         key_cache = RefreshingCache[str, Principal](settings.key_cache_ttl)
         keys = KeyStore(db)
-        limits = Limits(settings)
-        gate = SetupGate(settings.max_concurrent_setups)
-        return cls(settings, db, registry, keys, flows, runs, limits, instances, key_cache, gate)
+        return cls(settings, db, registry, keys, flows, runs, instances, key_cache)
 
     async def authenticate(self, header: str | None, org_id: str) -> Principal:
         """The caller's key, which must belong to ``org_id``. Every failure is the same 401,

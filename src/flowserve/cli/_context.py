@@ -1,4 +1,4 @@
-"""Shared by the commands: settings, and the application state over the local database."""
+"""Shared by the commands: settings, and the services over the local database."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from rich.console import Console
 
 from flowserve.config import Settings
 from flowserve.errors import FlowserveError, FlowValidationError
-from flowserve.http.state import AppState
+from flowserve.services import Services
 
 T = TypeVar("T")
 console = Console(soft_wrap=True)
@@ -32,8 +32,8 @@ def settings_from(config: str | None, database_url: str | None, **extra: Any) ->
 
 
 @asynccontextmanager
-async def local_state(settings: Settings) -> AsyncIterator[AppState]:
-    state = AppState.build(settings)
+async def local_state(settings: Settings) -> AsyncIterator[Services]:
+    state = Services.build(settings)
     await state.db.create_schema()
     try:
         # Registered like a server, so that a server sharing the database does not take

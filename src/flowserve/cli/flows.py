@@ -60,9 +60,9 @@ def publish(
 @app.command()
 def validate(path: Path, config: str = ConfigOption) -> None:
     """Check a flow file without publishing it."""
-    from flowserve.http.state import AppState
+    from flowserve.services import Services
 
-    state = AppState.build(settings_from(config, None))
+    state = Services.build(settings_from(config, None))
     try:
         _, flow = state.flows.compile_text(_read(path))
     except FlowValidationError as exc:

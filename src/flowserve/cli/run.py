@@ -24,7 +24,8 @@ from flowserve.cli._context import (
     settings_from,
 )
 from flowserve.events import NodeDelta, RunFinished
-from flowserve.runs.service import LoadedFlow, Run
+from flowserve.flows.service import LoadedFlow
+from flowserve.runs.run import Run
 
 
 def _parse_inputs(pairs: list[str]) -> dict[str, str]:
@@ -65,7 +66,7 @@ def run(
                 loaded = await state.flows.get(org, flow, version)
             values = loaded.flow.resolve_inputs(inputs)
             principal = Principal(org_id=org, key_id="cli", kind=PRIVATE)
-            async with state.runs.execute(principal, loaded, values, user_id) as active:
+            async with state.runs.start(principal, loaded, values, user_id) as active:
                 await _show(active, as_json)
             return active
 

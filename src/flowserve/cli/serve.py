@@ -29,8 +29,7 @@ def _serve(settings: Settings) -> None:
     import uvicorn
 
     from flowserve.http.app import create_app
-    from flowserve.http.protocol import protocol_class
-    from flowserve.http.shutdown import GRACE, DrainingServer
+    from flowserve.http.server import GRACE, DrainingServer, protocol_class
     from flowserve.logs import configure_logging
 
     configure_logging(settings)

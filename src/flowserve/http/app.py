@@ -1,115 +1,97 @@
-"""The FastAPI application. No BaseHTTPMiddleware anywhere: it would buffer streams and hide
-client disconnects. The middlewares are pure ASGI and act once per request, never per frame:
-the request log (outermost), URL and header size limits, CORS preflights, the drain gate, and
-the streaming routes' fast dispatch (``flowserve.http.fast_routes``).
+"""The ASGI application: the services (``flowserve.services``) behind the edge.
 
-They sit outside FastAPI's own layers (its server-error, telemetry and body-limit wrappers),
-not inside them as ``add_middleware`` would put them: a stream taken by the fast dispatch
-then never passes through those, and the server-error layer's ``send`` wrapper is not paid
-on every frame. What those layers do for the other routes is unchanged; an exception that
-escapes a fast-dispatched stream reaches uvicorn, which answers 500 the same way."""
+A request goes uvicorn → :class:`~flowserve.http.edge.Edge` (one pure-ASGI layer: size
+guard, route match, preflight, drain gate, access log, admission) → the handler its route
+names (``flowserve.http.routes``). Starlette underneath serves the lifespan and answers paths
+no route has (404).
+"""
 
 from __future__ import annotations
 
-import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from dataclasses import dataclass, field
 
 import anyio
-from fastapi import FastAPI
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+import orjson
+from prometheus_client import CollectorRegistry
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
 from flowserve import __version__
 from flowserve.config import Settings
-from flowserve.errors import FlowserveError
-from flowserve.http import errors
-from flowserve.http.access import AccessLog
-from flowserve.http.cors import Preflight
-from flowserve.http.fast_routes import FastRunRoutes
-from flowserve.http.limits import RequestSizeGuard
-from flowserve.http.metrics import registry_for
-from flowserve.http.metrics import router as metrics_router
-from flowserve.http.openapi import document_errors
-from flowserve.http.routes_flows import router as flows_router
-from flowserve.http.routes_run import router as run_router
-from flowserve.http.routes_stop import router as stop_router
-from flowserve.http.shutdown import DrainGate
-from flowserve.http.state import AppState
-from flowserve.runs.service import SHUTDOWN
+from flowserve.http.admission import Limits
+from flowserve.http.edge import Edge
+from flowserve.http.errors import http_error_handler
+from flowserve.http.openapi import document
+from flowserve.http.ops import metrics_registry
+from flowserve.http.routes import ROUTES, TABLE
+from flowserve.http.stream import SetupGate
+from flowserve.runs.run import SHUTDOWN
+from flowserve.services import Services
+
+DESCRIPTION = "Run LLM flows and stream their outputs (Stack AI-compatible API)."
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or Settings.load()
+@dataclass
+class HttpState:
+    """What the handlers get beside their request: the services and the edge's own parts."""
+
+    settings: Settings
+    services: Services
+    limits: Limits
+    setup_gate: SetupGate
+    metrics: CollectorRegistry
+    _openapi: bytes | None = field(default=None, repr=False)
+
+    def openapi(self) -> bytes:
+        if self._openapi is None:
+            self._openapi = orjson.dumps(document(ROUTES, "flowserve", __version__, DESCRIPTION))
+        return self._openapi
+
+
+class FlowserveApp(Starlette):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.http: HttpState | None = None
+        super().__init__(
+            lifespan=self._lifespan, exception_handlers={HTTPException: http_error_handler}
+        )
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = AppState.build(settings)
-        await state.db.create_schema()
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        settings = self.settings
+        services = Services.build(settings)
+        await services.db.create_schema()
         try:
             # Registered as a live instance: runs left RUNNING by dead ones are failed now
             # and at each heartbeat; ours still RUNNING at the end are CANCELLED.
-            async with state.instances.alive(*SHUTDOWN), anyio.create_task_group() as background:
+            async with services.instances.alive(*SHUTDOWN), anyio.create_task_group() as group:
                 # The caches of keys and flows refresh ahead of expiry in this group.
-                state.key_cache.spawn = state.flows.latest.spawn = background.start_soon
-                app.state.flowserve = state
-                app.state.metrics = registry_for(state.runs)
+                services.key_cache.spawn = services.flows.latest.spawn = group.start_soon
+                self.http = HttpState(
+                    settings,
+                    services,
+                    Limits(settings),
+                    SetupGate(settings.max_concurrent_setups),
+                    metrics_registry(services),
+                )
+                self.state.flowserve = services
+                self.middleware_stack = None  # built again, now with the state
                 if settings.warm_up:
-                    await state.warm_up()
-                # What start-up made (modules, the app, its models) lives as long as the
-                # process; frozen out of the collector's generations, it is not re-scanned by
-                # every full collection. A full collection stops the event loop: 50-65 ms
-                # each with 100 paced streams open (about 9,000 tokens/s), 5-10 ms once
-                # frozen; the per-token delay p99 there went from about 36 to 7 ms.
-                gc.collect()
-                gc.freeze()
-                # A stream's objects are freed by reference counting (no cycles on the stream
-                # path; tests/test_no_cycles.py checks), so a full collection finds nothing and
-                # only stops the loop, ~10 ms with 100 streams open. Frozen start-up no longer
-                # counts as long-lived, so the default (after every 10 middle collections)
-                # ran one every few seconds; this makes it ten times rarer.
-                gc.set_threshold(700, 10, 100)
+                    await services.warm_up()
                 yield
-                background.cancel_scope.cancel()
+                group.cancel_scope.cancel()
         finally:
-            await state.aclose()
-
-    app = _FlowserveAPI(
-        settings,
-        title="flowserve",
-        version=__version__,
-        description="Run LLM flows and stream their outputs (Stack AI-compatible API).",
-        lifespan=lifespan,
-    )
-    app.add_exception_handler(FlowserveError, errors.flowserve_error_handler)
-    app.add_exception_handler(RequestValidationError, errors.validation_error_handler)
-    app.add_exception_handler(StarletteHTTPException, errors.http_error_handler)
-    app.include_router(run_router)
-    app.include_router(stop_router)
-    app.include_router(flows_router)
-    app.include_router(metrics_router)
-
-    @app.get("/healthz", tags=["ops"], summary="Liveness")
-    async def healthz() -> Response:
-        return Response(b'{"status":"ok"}', media_type="application/json")
-
-    document_errors(app)
-    return app
-
-
-class _FlowserveAPI(FastAPI):
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
-        self.settings = settings
-        super().__init__(**kwargs)
+            await services.aclose()
 
     def build_middleware_stack(self) -> ASGIApp:
-        inner = FastRunRoutes(super().build_middleware_stack())
-        guarded = RequestSizeGuard(
-            Preflight(DrainGate(inner)),
-            max_url_bytes=self.settings.max_url_bytes,
-            max_header_bytes=self.settings.max_header_bytes,
-        )
-        return AccessLog(guarded)
+        inner = super().build_middleware_stack()
+        if self.http is None:  # before start-up: only the lifespan is served
+            return inner
+        return Edge(self.http, TABLE, inner)
+
+
+def create_app(settings: Settings | None = None) -> FlowserveApp:
+    return FlowserveApp(settings or Settings.load())

@@ -21,29 +21,27 @@ JSON_MAX_DEPTH = 1024  # orjson's own limit
 _JSON_NESTING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
 MAX_NAME = 64  # input names are flow identifiers
 
-# Documented in OpenAPI although the route reads the body itself (faster than a pydantic model
-# per request, and lets us keep the contract's exact error shapes).
-RUN_BODY_SCHEMA: dict[str, Any] = {
-    "requestBody": {
-        "required": False,  # no body (or ``{}``) runs the flow on its inputs' defaults
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "user_id": {
-                            "type": ["string", "null"],
-                            "minLength": 1,
-                            "maxLength": 256,
-                            "description": "keys conversation memory: letters, digits, . @ : + - _",
-                        }
-                    },
-                    "additionalProperties": {"type": "string"},
-                    "example": {"in-0": "How do I reset my password?", "user_id": "user-42"},
-                }
+# Documented in OpenAPI although the handler reads the body itself (faster than a pydantic
+# model per request, and keeps the contract's exact error shapes).
+RUN_BODY: dict[str, Any] = {
+    "required": False,  # no body (or ``{}``) runs the flow on its inputs' defaults
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "user_id": {
+                        "type": ["string", "null"],
+                        "minLength": 1,
+                        "maxLength": 256,
+                        "description": "keys conversation memory: letters, digits, . @ : + - _",
+                    }
+                },
+                "additionalProperties": {"type": "string"},
+                "example": {"in-0": "How do I reset my password?", "user_id": "user-42"},
             }
-        },
-    }
+        }
+    },
 }
 
 
@@ -79,7 +77,7 @@ async def read_run_body(
         # Nobody will read the answer; a clean 400 instead of a logged traceback.
         raise InputError("client disconnected before sending the whole body") from None
     raw = b"".join(chunks)
-    if not raw.strip(b" \t\r\n"):  # JSON's whitespace: "\x0b" is no more a body than "x"
+    if not raw:  # no body at all; whitespace alone is no JSON text (RFC 8259 2), so a 422
         data: Any = {}
     else:
         try:

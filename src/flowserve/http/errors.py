@@ -5,7 +5,7 @@ body. When the request prefers ``text/event-stream`` (its ``Accept`` read as RFC
 ranges and q-values: :func:`flowserve.http.accept.prefers_event_stream`), the same status is
 sent as an SSE body ``data: {"error", "detail", "status"}`` so that ``fetch-event-source``
 clients see the error instead of retrying blindly (contract 2.2). An error answer to a browser
-(an ``Origin`` header) is readable by it, whatever its origin: see ``flowserve.http.cors``.
+(an ``Origin`` header) is readable by it, whatever its origin: see ``flowserve.http.admission``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import math
 from typing import Any
 
 import orjson
-from fastapi import Request
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.responses import Response
 
 from flowserve.errors import (
@@ -28,11 +27,12 @@ from flowserve.errors import (
     InputError,
     LimitError,
     NotFoundError,
+    ParameterError,
     PayloadTooLargeError,
 )
-from flowserve.http import cors
 from flowserve.http.accept import prefers_event_stream
 from flowserve.http.access import note
+from flowserve.http.admission import error_headers
 
 log = logging.getLogger("flowserve.http")
 
@@ -56,6 +56,8 @@ def status_for(exc: FlowserveError) -> int:
 def detail_for(exc: FlowserveError) -> Any:
     if isinstance(exc, PayloadTooLargeError):
         return exc.message
+    if isinstance(exc, ParameterError):
+        return [{"loc": list(loc), "msg": msg, "type": kind} for loc, msg, kind in exc.problems]
     if isinstance(exc, InputError):
         return [{"loc": list(exc.loc), "msg": exc.message, "type": exc.error_type}]
     if isinstance(exc, FlowValidationError):
@@ -76,7 +78,7 @@ def error_response(
     headers = dict(headers or {})
     origin = request.headers.get("origin")
     if origin is not None:
-        headers.update(cors.error_headers(origin))
+        headers.update(error_headers(origin))
     note(request.scope, status=status)
     if not wants_sse(request):
         return Response(orjson.dumps({"detail": detail}), status, headers, "application/json")
@@ -108,15 +110,7 @@ async def flowserve_error_handler(request: Request, exc: Exception) -> Response:
     return error_response(request, status, detail_for(exc), headers)
 
 
-async def validation_error_handler(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestValidationError)
-    detail = [
-        {"loc": list(err.get("loc", ())), "msg": str(err.get("msg")), "type": err.get("type")}
-        for err in exc.errors()
-    ]
-    return error_response(request, 422, detail)
-
-
 async def http_error_handler(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, StarletteHTTPException)
+    """Starlette's own answers (an unknown path: 404) in the same shape."""
+    assert isinstance(exc, HTTPException)
     return error_response(request, exc.status_code, exc.detail, dict(exc.headers or {}))

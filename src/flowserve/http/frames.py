@@ -13,7 +13,7 @@ from typing import Any, cast
 import orjson
 
 from flowserve.events import Event, NodeCompleted, NodeDelta, NodeStarted, RunFinished
-from flowserve.runs.service import Run
+from flowserve.runs.run import Run
 
 # JSON may hold U+0085, U+2028 and U+2029 raw in strings, but line readers split on them
 # (Python's str.splitlines, httpx's iter_lines, which the Python client uses): escaped, every
@@ -40,6 +40,7 @@ class Encoder:
             self.node_outputs.setdefault(source, []).append(out_id)
         self.pending: dict[str, list[str]] = {}
         self.progress_changed = False
+        self.finished = False  # the run's last frame is written
 
     def frame(self, payload: dict[str, Any]) -> bytes:
         data = orjson.dumps(payload)
@@ -74,7 +75,9 @@ class Encoder:
                         for out_id in outs:
                             self.pending.setdefault(out_id, []).append(delta.text)
             elif kind is RunFinished:
-                final = cast(RunFinished, event)
+                # The run's own final word: a stop that came first wins over the runner's.
+                final = self.run.final or cast(RunFinished, event)
+                self.finished = True
             elif kind is NodeStarted or kind is NodeCompleted:
                 self.progress_changed = True
         out = b""

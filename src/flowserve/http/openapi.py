@@ -1,18 +1,19 @@
-"""The error answers in the OpenAPI document.
+"""The OpenAPI document, generated from the route table.
 
-Routes raise flowserve errors rather than return them, and ``flowserve.http.errors`` maps
-them to statuses in one place, so FastAPI cannot see which statuses a route may answer. They
-are declared here, once, from what each kind of route checks before its first byte (contract
-2.2), so that clients generated from ``/openapi.json`` and the schema fuzzer
-(``tests/test_fuzz_http.py``) know every status the server sends.
+Each operation comes from its :class:`~flowserve.http.routing.Route`: parameters with their
+limits and defaults, the body, what a 200 is, and the error answers. Handlers raise flowserve
+errors rather than return them, and ``flowserve.http.errors`` maps them to statuses in one
+place; which statuses a route may answer follows from what it declares (a key: 401, 403, 422,
+429; a run: 404, 413, 503; every route: 414, 431 from the size guard) plus its own
+``errors``. Clients generated from ``/openapi.json`` and the schema fuzzer
+(``tests/test_fuzz_http.py``) so know every status the server sends.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI
+from flowserve.http.routing import Route
 
 ERROR_SCHEMA: dict[str, Any] = {
     "title": "Error",
@@ -27,6 +28,16 @@ ERROR_SCHEMA: dict[str, Any] = {
                 {"type": "object"},
             ],
         }
+    },
+}
+VALIDATION_ERROR: dict[str, Any] = {
+    "title": "ValidationError",
+    "type": "object",
+    "required": ["loc", "msg", "type"],
+    "properties": {
+        "loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+        "msg": {"type": "string"},
+        "type": {"type": "string"},
     },
 }
 RETRY_AFTER = {
@@ -44,32 +55,28 @@ REASONS = {
     502: "the run failed (detail names the error, node and run)",
     503: "the server is at its run limit, or shutting down",
 }
-EVERY = (414, 431)  # the size guard answers before routing
-AUTHENTICATED = (*EVERY, 401, 403, 422, 429)
-RUN = (*AUTHENTICATED, 404, 413, 503)
+EVERY = (414, 431)  # the size guard answers before anything else
+KEYED = (401, 403, 422, 429)
+RUN = (404, 413, 503)
 
 
-def statuses(method: str, path: str) -> tuple[int, ...]:
+def statuses(route: Route) -> tuple[int, ...]:
     """The error statuses a route may answer."""
-    if path == "/healthz":
-        return (*EVERY, 503)
-    if path in ("/metrics", "/openapi.json", "/docs", "/redoc"):  # no key needed
-        return EVERY
-    if method == "post" and path.startswith("/v1/"):
-        return (*AUTHENTICATED, 413)
-    if method == "post" and "/stop/" in path:
-        return (*AUTHENTICATED, 404)
-    if method == "post":
-        return (*RUN, 502) if path == "/run_deployed_flow" else RUN
-    return (*AUTHENTICATED, 404) if "/metadata" in path else AUTHENTICATED
+    found = set(EVERY) | set(route.errors)
+    if route.key is not None:
+        found.update(KEYED)
+    if route.starts_run:
+        found.update(RUN)
+    if route.params:
+        found.add(422)
+    return tuple(sorted(found))
 
 
 def _error(status: int) -> dict[str, Any]:
-    schema = {"$ref": "#/components/schemas/Error"}
     response: dict[str, Any] = {
         "description": REASONS[status],
         "content": {
-            "application/json": {"schema": schema},
+            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}},
             # when the request accepts text/event-stream: one `data: {error, detail, status}`
             "text/event-stream": {"schema": {"type": "string"}},
         },
@@ -79,43 +86,37 @@ def _error(status: int) -> dict[str, Any]:
     return response
 
 
-def add_error_responses(schema: dict[str, Any]) -> None:
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
-    components["Error"] = ERROR_SCHEMA
-    components.setdefault(
-        "ValidationError",
-        {
-            "title": "ValidationError",
-            "type": "object",
-            "required": ["loc", "msg", "type"],
-            "properties": {
-                "loc": {
-                    "type": "array",
-                    "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
-                },
-                "msg": {"type": "string"},
-                "type": {"type": "string"},
-            },
-        },
-    )
-    for path, operations in schema.get("paths", {}).items():
-        for method, operation in operations.items():
-            responses = operation.setdefault("responses", {})
-            for status in statuses(method, path):
-                if status == 422 and "422" in responses:
-                    continue  # FastAPI's own entry: the same body
-                responses.setdefault(str(status), _error(status))
+def _operation(route: Route) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "tags": list(route.tags),
+        "summary": route.summary,
+        "operationId": route.handler.__name__,
+    }
+    if route.description:
+        operation["description"] = route.description
+    if route.params:
+        operation["parameters"] = [param.schema() for param in route.params]
+    if route.body is not None:
+        operation["requestBody"] = route.body
+    content: dict[str, Any] = {media: {"schema": {}} for media in route.content}
+    responses: dict[str, Any] = {
+        str(status): {"description": "Successful Response", "content": content}
+        for status in route.ok
+    }
+    for status in statuses(route):
+        responses[str(status)] = _error(status)
+    operation["responses"] = responses
+    return operation
 
 
-def document_errors(app: FastAPI) -> None:
-    """Make ``app.openapi()`` include the error answers (built once, then cached by FastAPI)."""
-    build: Callable[[], dict[str, Any]] = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        first = app.openapi_schema is None
-        schema = build()
-        if first:
-            add_error_responses(schema)
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+def document(routes: list[Route], title: str, version: str, description: str) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for route in routes:
+        if route.documented:
+            paths.setdefault(route.path, {})[route.method.lower()] = _operation(route)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": title, "version": version, "description": description},
+        "paths": paths,
+        "components": {"schemas": {"Error": ERROR_SCHEMA, "ValidationError": VALIDATION_ERROR}},
+    }

@@ -12,6 +12,18 @@ child in a handle with its own cancel scope, event and coroutine frame, a visibl
 time to first token and of the memory a held stream costs. The relay itself runs in one anyio
 cancel scope, so a disconnect cancels it the way ``stop`` does, and shielded clean-up (the run
 record) stays shielded.
+
+**Pacing.** Setting a stream up (request handling, the run, the provider request) is the
+costly part of serving it: about half a millisecond of event-loop time, against microseconds
+per token relayed. When a hundred requests arrive together, asyncio runs every ready step
+before it looks at sockets again, so a burst of set-ups used to sit between the open streams
+and their next tokens for tens of milliseconds (bench/RESULTS.md, per-token delay at c=100).
+The :class:`SetupGate` (an asyncio.Semaphore: FIFO, no barging past waiters, a woken waiter
+runs on a later loop turn) lets a few set-ups run at a time; the rest wait their turn in
+arrival order, so the sockets are read between set-ups. It covers starting the run, from
+after the request is admitted (key, flow, body: what can wait on a client or the database
+stays outside, so a slow client or a slow query holds no slot) until the run's first loop
+turn has sent its upstream request. Uncontended it is a counter, nothing more.
 """
 
 from __future__ import annotations
@@ -21,8 +33,6 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
@@ -30,8 +40,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from flowserve.http.frames import Encoder
-from flowserve.http.pacing import SetupGate, SetupPass
-from flowserve.runs.service import Run
+from flowserve.runs.run import Run
 
 log = logging.getLogger("flowserve.http")
 
@@ -48,21 +57,44 @@ NDJSON_HEADERS = [
 KEEPALIVE = b": keepalive\n"
 
 
+class SetupGate:
+    def __init__(self, width: int) -> None:
+        self._slots = asyncio.Semaphore(width)
+
+    async def enter(self) -> SetupPass:
+        await self._slots.acquire()
+        return SetupPass(self._slots)
+
+
+class SetupPass:
+    """One request's slot; calling it gives the slot back (once, whoever calls first)."""
+
+    __slots__ = ("_slots",)
+
+    def __init__(self, slots: asyncio.Semaphore) -> None:
+        self._slots: asyncio.Semaphore | None = slots
+
+    def __call__(self) -> None:
+        slots, self._slots = self._slots, None
+        if slots is not None:
+            slots.release()
+
+
 class RunStreamResponse(Response):
     """A Response only so FastAPI passes it through; it renders nothing up front."""
 
     def __init__(
         self,
-        start_run: Callable[[], AbstractAsyncContextManager[Run]],
-        make_encoder: Callable[[Run], Encoder],
+        run: Run,
+        encoder: Encoder,
         sse: bool,
         keepalive_interval: float,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
         coalesce: bool = True,
         gate: SetupGate | None = None,
     ) -> None:
-        self.start_run = start_run
-        self.make_encoder = make_encoder
+        self.run = run
+        self.encoder = encoder
         self.sse = sse
         self.keepalive_interval = keepalive_interval
         self.coalesce = coalesce
@@ -77,12 +109,12 @@ class RunStreamResponse(Response):
         self._started = False
         self._cancel: anyio.CancelScope | None = None  # around the relay; the watcher's to use
         self._watcher: asyncio.Task[None] | None = None
-        self.run: Run | None = None
+        self._began = False  # the run's session was entered
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._send = send
         self._receive = receive
-        if self.gate is not None:  # wait for our turn to start (flowserve.http.pacing)
+        if self.gate is not None:  # wait for our turn to start (SetupGate, above)
             self._setup_done = await self.gate.enter()
         self._last_write = time.monotonic()
         try:
@@ -113,9 +145,9 @@ class RunStreamResponse(Response):
         self._last_write = time.monotonic()
 
     async def _relay(self) -> None:
-        encoder: Encoder | None = None
-        async with self.start_run() as run:
-            self.run = run
+        run, encoder = self.run, self.encoder
+        async with run.session():
+            self._began = True
             # One loop turn for the run's first steps before we write anything: its upstream
             # request is then on its way while the response head and first frame go out.
             await asyncio.sleep(0)
@@ -123,7 +155,6 @@ class RunStreamResponse(Response):
                 self._setup_done()
             self._watch_soon()
             await self._start_response()
-            encoder = self.make_encoder(run)
             await self._write(encoder.first())
             receive = run.receive_nowait
             coalesce = self.coalesce
@@ -134,12 +165,12 @@ class RunStreamResponse(Response):
                 data = encoder.batch(batch)
                 if data:
                     await self._write(data)
-                if run.final is not None:
+                if encoder.finished:
                     return
         # Only reached when the run was stopped from outside (stop request, shutdown):
-        # the service recorded it CANCELLED with the reason; tell the client before ending.
-        if encoder is not None and self.run is not None and self.run.final is not None:
-            await self._write(encoder.batch([self.run.final]) or b"")
+        # it was recorded CANCELLED with the reason; tell the client before ending.
+        if self._began and run.final is not None and not encoder.finished:
+            await self._write(encoder.batch([run.final]) or b"")
 
     def _watch_soon(self) -> None:
         if self._watcher is None:
@@ -176,11 +207,8 @@ class RunStreamResponse(Response):
             except TimeoutError:
                 pass
             if message is not None and message["type"] == "http.disconnect":
-                if self.run is not None:
-                    run_id = self.run.id
-                    log.info(
-                        "client disconnected; cancelling run %s", run_id, extra={"run_id": run_id}
-                    )
+                run_id = self.run.id
+                log.info("client disconnected; cancelling run %s", run_id, extra={"run_id": run_id})
                 assert self._cancel is not None
                 self._cancel.cancel()
                 return

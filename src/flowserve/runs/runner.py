@@ -80,23 +80,16 @@ class TextLimits:
 class _RunState:
     __slots__ = ("chars", "completed", "done", "failure", "parts", "usage", "values")
 
-    def __init__(
-        self,
-        flow: Flow,
-        inputs: Mapping[str, str],
-        usage: dict[str, Any],
-        parts: dict[str, list[str]],
-    ) -> None:
+    def __init__(self, flow: Flow, inputs: Mapping[str, str]) -> None:
         self.values: dict[str, str] = dict(inputs)
         # Only the nodes others wait for get an event (memory per open stream).
         self.done = {dep: asyncio.Event() for node in flow.nodes.values() for dep in node.deps}
         self.completed = 0
         self.chars = 0  # text the nodes produced, all together (TextLimits)
-        self.usage = usage
+        self.usage: dict[str, Any] = {}  # node id -> token counts, partial when cancelled
         self.failure: NodeError | RunTimeoutError | None = None
-        self.parts = parts  # each node's text so far, in pieces (the watchdog counts them)
-        for node_id in flow.nodes:
-            parts.setdefault(node_id, [])
+        # each node's text so far, in pieces (the watchdog counts them)
+        self.parts: dict[str, list[str]] = {node_id: [] for node_id in flow.nodes}
 
     def progress(self) -> int:
         return sum(map(len, self.parts.values())) + self.completed
@@ -119,23 +112,16 @@ class Runner:
 
     @asynccontextmanager
     async def start(
-        self,
-        flow: Flow,
-        inputs: Mapping[str, str],
-        memory: Memory | None = None,
-        usage: dict[str, Any] | None = None,
-        parts: dict[str, list[str]] | None = None,
+        self, flow: Flow, inputs: Mapping[str, str], memory: Memory | None = None
     ) -> AsyncIterator[Channel[Event]]:
-        """Start the run; yield its event stream. Leaving the block cancels what is left.
+        """Start the run; yield its events. Leaving the block cancels what is left.
 
-        ``usage`` (node id -> token counts) is filled in as nodes finish or are cancelled, and
-        ``parts`` (node id -> the pieces of text it produced) as text arrives, so the caller
-        has both even for a run that never reached its RunFinished event, without keeping a
-        copy of every token itself."""
+        The last event is a :class:`RunFinished`: COMPLETED or FAILED, or CANCELLED when the
+        block was left first, sent as the run unwinds so that it carries the usage of the
+        nodes cut short (the consumer that left may still read it). A block left before the
+        run had its first step ends with no event at all."""
         channel: Channel[Event] = Channel()
-        state = _RunState(
-            flow, inputs, {} if usage is None else usage, {} if parts is None else parts
-        )
+        state = _RunState(flow, inputs)
         # A plain asyncio task rather than an anyio task group: anyio wraps each child in a
         # handle with its own cancel scope, event and coroutine, paid per run (time to first
         # token, memory per open stream). The structure is the same: the task is cancelled
@@ -197,7 +183,9 @@ class Runner:
                 final = RunFinished("COMPLETED", usage=state.usage)
             send.send_nowait(final)
         except asyncio.CancelledError as exc:
-            # Cancelled by start() when its block is left (the consumer is gone): end quietly.
+            # Cancelled by start() when its block is left (the consumer is gone): say so last,
+            # with the usage so far, and end quietly.
+            send.send_nowait(RunFinished("CANCELLED", usage=state.usage))
             # A task that ends on the error keeps it, and its traceback's frames hold the
             # run's state in a cycle only the full collection frees (tests/test_no_cycles.py);
             # so does Python 3.11's TaskGroup, whose __aexit__ frame keeps the error it raises.

@@ -1,0 +1,163 @@
+"""The route table: every endpoint of the API, each declared once (contract 2).
+
+What a route says here is all there is: the edge matches it, parses these parameters (their
+defaults and limits are the only ones), admits the key kind, refuses it while draining if it
+starts a run, answers browsers' preflights if it is ``browser``, logs it if ``logged``, and
+the OpenAPI document is generated from it. The streaming routes come first: they are the hot
+ones, and the table is tried in order.
+"""
+
+from __future__ import annotations
+
+from flowserve.http import flows, ops, runs
+from flowserve.http.body import RUN_BODY
+from flowserve.http.routing import Handler, Param, Route, RouteTable
+
+MAX_ID = 64
+ORG = Param("org", where="path", description="organisation id", min_length=1, max_length=MAX_ID)
+FLOW = Param("flow_id", where="path", description="flow id", min_length=1, max_length=MAX_ID)
+ORG_Q = Param("org", description="organisation id", min_length=1, max_length=MAX_ID)
+FLOW_Q = Param("flow_id", description="flow id", min_length=1, max_length=MAX_ID)
+VERSION = Param(
+    "version",
+    int,
+    default=-1,
+    description="flow version; -1 (default) is the latest",
+    ge=-1,
+    le=2**31 - 1,
+)
+RUN_ID = Param("run_id", description="the run", min_length=1, max_length=MAX_ID)
+SSE = ("text/event-stream",)
+
+
+def _run(method: str, path: str, handler: Handler, summary: str, **more: object) -> Route:
+    """A route that starts a run: any key of the org, callable from browsers, logged."""
+    return Route(
+        method,
+        path,
+        handler,
+        summary,
+        starts_run=True,
+        browser=True,
+        logged=True,
+        body=RUN_BODY,
+        **more,  # type: ignore[arg-type]
+    )
+
+
+ROUTES = [
+    _run(
+        "POST",
+        "/stream_exported_flow",
+        runs.stream_exported_flow,
+        "Stream a flow's outputs as SSE (cumulative outputs per message)",
+        tags=("legacy",),
+        params=(
+            FLOW_Q,
+            ORG_Q,
+            Param("delta", bool, default=False, description="send only new text per output"),
+            VERSION,
+        ),
+        content=SSE,
+    ),
+    _run(
+        "POST",
+        "/inference/v0/stream/{org}/{flow_id}",
+        runs.stream_v0,
+        "Stream a flow run: envelopes as JSON lines, or SSE with sse=true",
+        tags=("v0",),
+        params=(
+            ORG,
+            FLOW,
+            Param("delta", bool, default=True, description="each frame carries only new text"),
+            Param("sse", bool, default=False, description="SSE instead of JSON lines"),
+            VERSION,
+            Param("verbose", bool, default=False, description="accepted for compatibility"),
+        ),
+        content=("application/x-ndjson", *SSE),
+    ),
+    _run(
+        "POST",
+        "/run_deployed_flow",
+        runs.run_deployed_flow,
+        "Run a flow and return its outputs as a flat object",
+        tags=("legacy",),
+        params=(FLOW_Q, ORG_Q, VERSION),
+        errors=(502,),
+    ),
+    _run(
+        "POST",
+        "/inference/v0/run/{org}/{flow_id}",
+        runs.run_v0,
+        "Run a flow and return the run envelope",
+        tags=("v0",),
+        params=(ORG, FLOW, VERSION),
+    ),
+    Route(
+        "GET",
+        "/inference/v0/run/{org}/{flow_id}/metadata",
+        runs.run_metadata,
+        "The record of one run (private key)",
+        tags=("v0",),
+        params=(ORG, FLOW, RUN_ID),
+        key="private",
+        action="read run records",
+        browser=True,
+        logged=True,
+        errors=(404,),
+    ),
+    Route(
+        "POST",
+        "/inference/v0/stop/{org}/{flow_id}",
+        runs.stop_run,
+        "Stop a run in progress (private key, or the public key that started it)",
+        tags=("v0",),
+        params=(ORG, FLOW, RUN_ID),
+        browser=True,
+        logged=True,
+        errors=(404,),
+        description=runs.stop_run.__doc__ or "",
+    ),
+    Route(
+        "POST",
+        "/v1/orgs/{org}/flows",
+        flows.publish_flow,
+        "Publish a flow file (YAML or JSON); a changed flow gets a new version",
+        tags=("flows",),
+        params=(ORG,),
+        key="private",
+        action="publish flows",
+        browser=True,
+        logged=True,
+        ok=(201, 200),  # 200: the same file again, nothing new
+        body=flows.PUBLISH_BODY,
+        errors=(413,),
+    ),
+    Route(
+        "GET",
+        "/v1/orgs/{org}/flows",
+        flows.list_flows,
+        "List the org's flows and their latest versions",
+        tags=("flows",),
+        params=(ORG,),
+        key="private",
+        action="list flows",
+        browser=True,
+        logged=True,
+    ),
+    Route("GET", "/healthz", ops.healthz, "Liveness", tags=("ops",), key=None, errors=(503,)),
+    Route(
+        "GET",
+        "/metrics",
+        ops.metrics,
+        "Prometheus metrics",
+        tags=("ops",),
+        key=None,
+        content=("text/plain",),
+    ),
+    Route("GET", "/openapi.json", ops.openapi_json, "This document", key=None, documented=False),
+    Route("GET", "/docs", ops.docs, "Swagger UI", key=None, documented=False),
+    Route("GET", "/redoc", ops.redoc, "ReDoc", key=None, documented=False),
+]
+
+TABLE = RouteTable(ROUTES)
