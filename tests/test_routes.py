@@ -212,3 +212,18 @@ def test_the_document_lists_every_declared_route_with_its_limits(server: Server)
     assert params["org"]["in"] == "path" and params["org"]["schema"]["maxLength"] == 64
     assert {"401", "404", "413", "422", "429", "503"} <= set(stream_op["responses"])
     assert httpx.get(f"{server.base_url}/docs", timeout=30).status_code == 200
+
+
+@pytest.mark.slow
+def test_listing_flows_takes_a_limit(server: Server) -> None:
+    for name in ("echo.yaml", "chain.yaml", "long.yaml"):
+        server.publish_file(name)
+    url = f"{server.base_url}/v1/orgs/{server.org}/flows"
+    auth = server.auth(server.private_key)
+    every = [f["flow_id"] for f in httpx.get(url, headers=auth, timeout=30).json()]
+    assert len(every) >= 3 and every == sorted(every)
+    two = httpx.get(url, params={"limit": 2}, headers=auth, timeout=30).json()
+    assert [f["flow_id"] for f in two] == every[:2]
+    refused = httpx.get(url, params={"limit": 0}, headers=auth, timeout=30)
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["loc"] == ["query", "limit"]

@@ -49,7 +49,7 @@ async def publish_flow(call: Call) -> Response:
 
 
 async def list_flows(call: Call) -> Response:
-    rows = await call.http.services.flows.store.list(call.args["org"])
+    rows = await call.http.services.flows.store.list(call.args["org"], call.args["limit"])
     payload = [
         {"flow_id": flow_id, "version": version, "published_at": at.isoformat()}
         for flow_id, version, at in rows

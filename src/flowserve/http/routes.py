@@ -139,7 +139,10 @@ ROUTES = [
         flows.list_flows,
         "List the org's flows and their latest versions",
         tags=("flows",),
-        params=(ORG,),
+        params=(
+            ORG,
+            Param("limit", int, default=100, description="at most this many, by id", ge=1, le=1000),
+        ),
         key="private",
         action="list flows",
         browser=True,

@@ -97,8 +97,9 @@ class FlowStore:
             rows = await s.execute(select(FlowVersion.org_id, FlowVersion.flow_id).distinct())
             return [(r[0], r[1]) for r in rows]
 
-    async def list(self, org_id: str) -> list[tuple[str, int, datetime]]:
-        """(flow_id, latest version, published at) for each flow of the org."""
+    async def list(self, org_id: str, limit: int | None = None) -> list[tuple[str, int, datetime]]:
+        """(flow_id, latest version, published at) for each flow of the org, by flow id;
+        the first ``limit`` of them if given."""
         async with self.db.session() as s:
             latest = (
                 select(FlowVersion.flow_id, func.max(FlowVersion.version).label("v"))
@@ -114,5 +115,6 @@ class FlowStore:
                 )
                 .where(FlowVersion.org_id == org_id)
                 .order_by(FlowVersion.flow_id)
+                .limit(limit)
             )
             return [(r[0], r[1], r[2]) for r in rows]
