@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import textwrap
 
+import pytest
+
+from flowserve.errors import FlowValidationError
 from flowserve.flows import Flow, compile_flow, parse_flow_text
 from flowserve.providers.base import ProviderEnv
 from flowserve.providers.registry import ProviderRegistry
@@ -17,3 +20,10 @@ def registry(environ: dict[str, str] | None = None) -> ProviderRegistry:
 
 def flow(text: str, environ: dict[str, str] | None = None) -> Flow:
     return compile_flow(parse_flow_text(textwrap.dedent(text)), registry(environ))
+
+
+def problems(text: str) -> list[tuple[str, str]]:
+    """The (location, message) pairs a flow file is refused with."""
+    with pytest.raises(FlowValidationError) as info:
+        flow(text)
+    return info.value.problems

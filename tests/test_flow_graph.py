@@ -1,16 +1,8 @@
 """The dependency graph of a compiled flow: the order its nodes start in, and the cycle that
 makes a flow invalid, named as the path the file's references take."""
 
-import pytest
 
-from flowserve.errors import FlowValidationError
-from tests.helpers import flow
-
-
-def problems(text: str) -> list[tuple[str, str]]:
-    with pytest.raises(FlowValidationError) as info:
-        flow(text)
-    return info.value.problems
+from tests.helpers import flow, problems
 
 
 def test_a_cycle_is_named_by_the_path_its_references_take():

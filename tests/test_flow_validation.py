@@ -2,14 +2,8 @@
 
 import pytest
 
-from flowserve.errors import FlowValidationError, InputError
-from tests.helpers import flow
-
-
-def problems(text: str) -> list[tuple[str, str]]:
-    with pytest.raises(FlowValidationError) as info:
-        flow(text)
-    return info.value.problems
+from flowserve.errors import InputError
+from tests.helpers import flow, problems
 
 
 def test_a_valid_flow_compiles_in_dependency_order():

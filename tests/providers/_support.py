@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 
+from flowserve.providers._http1 import Response
 from flowserve.providers.base import LLMRequest, Message
 
 MULTIBYTE = ["h\u00e9llo", " \u65e5\u672c\u8a9e", " \U0001f389"]  # "héllo 日本語 🎉"
@@ -16,6 +17,14 @@ MULTIBYTE = ["h\u00e9llo", " \u65e5\u672c\u8a9e", " \U0001f389"]  # "héllo 日�
 def make_request(model: str = "test-model", **fields: Any) -> LLMRequest:
     fields.setdefault("messages", [Message("user", "Say hello")])
     return LLMRequest(model=model, **fields)
+
+
+async def body_of(answer: Response) -> bytes:
+    """The whole body of an _http1 response, which is closed after."""
+    try:
+        return b"".join([piece async for piece in answer.chunks()])
+    finally:
+        answer.close()
 
 
 async def collect(chunks: AsyncIterator[str]) -> list[str]:

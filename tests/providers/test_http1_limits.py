@@ -20,22 +20,15 @@ from tests.fakes.raw_http1 import (
     response,
     sse,
 )
-from tests.providers._support import collect, make_request, wait_until
+from tests.providers._support import body_of, collect, make_request, wait_until
 
 from flowserve.errors import ProviderProtocolError
-from flowserve.providers._http1 import Pool, Response, Target
+from flowserve.providers._http1 import Pool, Target
 from flowserve.providers.base import ProviderEnv
 from flowserve.providers.openai_compatible import OpenAICompatibleProvider
 from flowserve.providers.resilience import RetryPolicy, resilient_stream
 
 MIB = 1 << 20
-
-
-async def body_of(answer: Response) -> bytes:
-    try:
-        return b"".join([piece async for piece in answer.chunks()])
-    finally:
-        answer.close()
 
 
 async def endless_fields(conn: RawConnection) -> None:

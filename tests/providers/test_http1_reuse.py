@@ -11,19 +11,13 @@ import time
 import anyio
 import pytest
 from tests.fakes.raw_http1 import RawConnection, RawServer, response, sse
+from tests.providers._support import body_of
 
-from flowserve.providers._http1 import ConnectionLost, Pool, Response, Target
+from flowserve.providers._http1 import ConnectionLost, Pool, Target
 
 pytestmark = pytest.mark.anyio
 
 OK = sse("ok")
-
-
-async def body_of(answer: Response) -> bytes:
-    try:
-        return b"".join([piece async for piece in answer.chunks()])
-    finally:
-        answer.close()
 
 
 async def answer_all(conn: RawConnection) -> None:

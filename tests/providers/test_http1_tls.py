@@ -16,8 +16,9 @@ from tests.fakes.raw_http1 import (
     chunk,
     make_ca,
 )
+from tests.providers._support import body_of
 
-from flowserve.providers._http1 import ConnectFailed, Pool, Response, Target
+from flowserve.providers._http1 import ConnectFailed, Pool, Target
 
 pytestmark = pytest.mark.anyio
 
@@ -40,13 +41,6 @@ async def stream_events(conn: RawConnection) -> None:
         for event in EVENTS:
             await conn.send(chunk(event))
         await conn.send(LAST_CHUNK)
-
-
-async def body_of(answer: Response) -> bytes:
-    try:
-        return b"".join([piece async for piece in answer.chunks()])
-    finally:
-        answer.close()
 
 
 async def test_a_stream_over_tls_arrives_intact(ca: LocalCA) -> None:

@@ -38,7 +38,6 @@ DESCRIPTION = "Run LLM flows and stream their outputs (Stack AI-compatible API).
 class HttpState:
     """What the handlers get beside their request: the services and the edge's own parts."""
 
-    settings: Settings
     services: Services
     limits: Limits
     setup_gate: SetupGate
@@ -71,7 +70,6 @@ class FlowserveApp(Starlette):
                 # The caches of keys and flows refresh ahead of expiry in this group.
                 services.key_cache.spawn = services.flows.latest.spawn = group.start_soon
                 self.http = HttpState(
-                    settings,
                     services,
                     Limits(settings),
                     SetupGate(settings.max_concurrent_setups),

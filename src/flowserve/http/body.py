@@ -59,24 +59,30 @@ def _nesting(raw: bytes) -> int:
     return deepest
 
 
-async def read_run_body(
-    request: Request, limit: int, max_inputs: int = 64, max_input_chars: int = 100_000
-) -> tuple[dict[str, Any], str | None]:
+async def read_capped(request: Request, limit: int, what: str = "request body") -> bytes:
+    """The whole body, refused (413) as soon as it is known to be over ``limit`` bytes: from
+    its Content-Length, else as it arrives, so an oversized body is never held whole."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"request body larger than {limit} bytes")
+        raise PayloadTooLargeError(f"{what} larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
-                raise PayloadTooLargeError(f"request body larger than {limit} bytes")
+                raise PayloadTooLargeError(f"{what} larger than {limit} bytes")
             chunks.append(chunk)
     except ClientDisconnect:
         # Nobody will read the answer; a clean 400 instead of a logged traceback.
         raise InputError("client disconnected before sending the whole body") from None
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_run_body(
+    request: Request, limit: int, max_inputs: int = 64, max_input_chars: int = 100_000
+) -> tuple[dict[str, Any], str | None]:
+    raw = await read_capped(request, limit)
     if not raw:  # no body at all; whitespace alone is no JSON text (RFC 8259 2), so a 422
         data: Any = {}
     else:

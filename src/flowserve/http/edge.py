@@ -47,7 +47,7 @@ class Edge:
         self.http = http
         self.table = table
         self.fallback = fallback
-        settings = http.settings
+        settings = http.services.settings
         self.max_url_bytes = settings.max_url_bytes
         self.max_header_bytes = settings.max_header_bytes
 

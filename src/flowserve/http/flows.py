@@ -6,8 +6,9 @@ from typing import Any
 
 from starlette.responses import Response
 
-from flowserve.errors import InputError, PayloadTooLargeError
+from flowserve.errors import InputError
 from flowserve.http.access import note
+from flowserve.http.body import read_capped
 from flowserve.http.routing import Call
 
 PUBLISH_BODY: dict[str, Any] = {
@@ -21,19 +22,9 @@ PUBLISH_BODY: dict[str, Any] = {
 
 async def publish_flow(call: Call) -> Response:
     services = call.http.services
-    limit = services.settings.max_body_bytes
-    declared = call.request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"flow file larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in call.request.stream():
-        size += len(chunk)
-        if size > limit:  # refused as it arrives: never held whole
-            raise PayloadTooLargeError(f"flow file larger than {limit} bytes")
-        chunks.append(chunk)
+    body = await read_capped(call.request, services.settings.max_body_bytes, "flow file")
     try:
-        text = b"".join(chunks).decode("utf-8")
+        text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise InputError("flow file must be UTF-8 text", ("body",)) from None
     stored, flow = await services.flows.publish(call.args["org"], text)

@@ -9,9 +9,11 @@ ones, and the table is tried in order.
 
 from __future__ import annotations
 
+from functools import partial
+
 from flowserve.http import flows, ops, runs
 from flowserve.http.body import RUN_BODY
-from flowserve.http.routing import Handler, Param, Route, RouteTable
+from flowserve.http.routing import Param, Route, RouteTable
 
 MAX_ID = 64
 ORG = Param("org", where="path", description="organisation id", min_length=1, max_length=MAX_ID)
@@ -30,19 +32,8 @@ RUN_ID = Param("run_id", description="the run", min_length=1, max_length=MAX_ID)
 SSE = ("text/event-stream",)
 
 
-def _run(method: str, path: str, handler: Handler, summary: str, **more: object) -> Route:
-    """A route that starts a run: any key of the org, callable from browsers, logged."""
-    return Route(
-        method,
-        path,
-        handler,
-        summary,
-        starts_run=True,
-        browser=True,
-        logged=True,
-        body=RUN_BODY,
-        **more,  # type: ignore[arg-type]
-    )
+# A route that starts a run: any key of the org, callable from browsers, logged.
+_run = partial(Route, starts_run=True, browser=True, logged=True, body=RUN_BODY)
 
 
 ROUTES = [

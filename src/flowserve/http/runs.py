@@ -61,6 +61,7 @@ async def _run_to_end(call: Call) -> tuple[Caller, Run]:
 async def _stream(call: Call, *, legacy: bool, delta: bool, sse: bool) -> Response:
     caller, loaded, inputs, user_id, slot = await _prepare(call)
     http = call.http
+    settings = http.services.settings
     try:
         run = http.services.runs.create(caller.principal, loaded, inputs, user_id)
         encoder = (LegacyEncoder if legacy else EnvelopeEncoder)(run, delta=delta, sse=sse)
@@ -68,8 +69,8 @@ async def _stream(call: Call, *, legacy: bool, delta: bool, sse: bool) -> Respon
             run,
             encoder,
             sse=sse,
-            keepalive_interval=http.settings.keepalive_interval,
-            coalesce=http.settings.stream_coalesce,
+            keepalive_interval=settings.keepalive_interval,
+            coalesce=settings.stream_coalesce,
             gate=http.setup_gate,
             extra_headers=caller.headers,
         )

@@ -109,7 +109,6 @@ class RunStreamResponse(Response):
         self._started = False
         self._cancel: anyio.CancelScope | None = None  # around the relay; the watcher's to use
         self._watcher: asyncio.Task[None] | None = None
-        self._began = False  # the run's session was entered
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self._send = send
@@ -147,7 +146,6 @@ class RunStreamResponse(Response):
     async def _relay(self) -> None:
         run, encoder = self.run, self.encoder
         async with run.session():
-            self._began = True
             # One loop turn for the run's first steps before we write anything: its upstream
             # request is then on its way while the response head and first frame go out.
             await asyncio.sleep(0)
@@ -169,7 +167,7 @@ class RunStreamResponse(Response):
                     return
         # Only reached when the run was stopped from outside (stop request, shutdown):
         # it was recorded CANCELLED with the reason; tell the client before ending.
-        if self._began and run.final is not None and not encoder.finished:
+        if run.final is not None and not encoder.finished:
             await self._write(encoder.batch([run.final]) or b"")
 
     def _watch_soon(self) -> None:
