@@ -1,7 +1,6 @@
 """The dependency graph of a compiled flow: the order its nodes start in, and the cycle that
 makes a flow invalid, named as the path the file's references take."""
 
-
 from tests.helpers import flow, problems
 
 
