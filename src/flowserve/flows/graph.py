@@ -58,6 +58,17 @@ class Flow:
     def outputs(self) -> Mapping[str, str]:
         return self.spec.outputs
 
+    @property
+    def chat_pair(self) -> tuple[str | None, str]:
+        """(input, output) of a chat turn: the flow's ``chat`` section, else its first input
+        (None for a flow without inputs) and first output. Checked when compiled."""
+        chat = self.spec.chat
+        first_input = next(iter(self.spec.inputs), None)
+        first_output = next(iter(self.spec.outputs))
+        if chat is None:
+            return first_input, first_output
+        return chat.input or first_input, chat.output or first_output
+
     def resolve_inputs(self, given: Mapping[str, Any]) -> dict[str, str]:
         """Apply defaults and check names and types. Raises InputError naming the field."""
         for name, value in given.items():
@@ -184,6 +195,11 @@ def compile_flow(spec: FlowSpec, registry: ProviderRegistry) -> Flow:
             problems.append((f"outputs.{out_id}", f"points to unknown node or input {source!r}"))
     if not spec.outputs:
         problems.append(("outputs", "a flow needs at least one output"))
+    if spec.chat is not None:
+        if spec.chat.input is not None and spec.chat.input not in spec.inputs:
+            problems.append(("chat.input", f"unknown input {spec.chat.input!r}"))
+        if spec.chat.output is not None and spec.chat.output not in spec.outputs:
+            problems.append(("chat.output", f"unknown output {spec.chat.output!r}"))
 
     models: dict[str, str | None] = {}
     options: dict[str, dict[str, Any]] = {}

@@ -65,6 +65,14 @@ class FlowLimits(_Strict):
     idle_timeout: float | None = Field(default=None, gt=0, le=86_400)  # no token for this long
 
 
+class ChatSpec(_Strict):
+    """Which input a chat message fills and which output is the reply: for the chat page and
+    ``/v1/chat/completions``. Unset fields mean the flow's first input and first output."""
+
+    input: Identifier | None = None
+    output: Identifier | None = None
+
+
 class FlowSpec(_Strict):
     id: Identifier
     name: str = ""
@@ -73,3 +81,4 @@ class FlowSpec(_Strict):
     nodes: dict[Identifier, NodeSpec] = Field(default_factory=dict)
     outputs: dict[Identifier, Identifier]
     limits: FlowLimits | None = None
+    chat: ChatSpec | None = None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 
-from flowserve.events import Event, NodeCompleted, NodeDelta, RunFinished
+from flowserve.events import Event, NodeCompleted, NodeDelta, NodeStarted, RunFinished
 from flowserve.flows.service import LoadedFlow
 from flowserve.logs import run_id_var
 from flowserve.providers.base import Message
@@ -90,8 +91,10 @@ class Run:
     # Slots: one of these lives per open stream (memory per held stream).
     __slots__ = (
         "_events",
+        "_clock",
         "_insert_timer",
         "_inserted",
+        "_nodes",
         "_parts",
         "_recorded",
         "_recorded_event",
@@ -130,6 +133,10 @@ class Run:
         self.final: RunFinished | None = None
         self.usage: dict[str, Any] = {}  # node id -> token counts
         self.queued_at = utcnow()
+        self._clock = time.monotonic()  # when queued, for the per-node timings
+        # node id -> [started, completed, cut short], monotonic seconds or None; filled per
+        # node, never per token
+        self._nodes: dict[str, list[float | None]] = {}
         self.started_at: datetime | None = None
         self.first_token_at: datetime | None = None
         self._service = service
@@ -156,6 +163,28 @@ class Run:
 
     def outputs(self) -> dict[str, str]:
         return {out_id: self.output_text(out_id) for out_id in self.flow.outputs}
+
+    def node_timings(self) -> dict[str, dict[str, Any]]:
+        """Each node that started: when (ms after the request was accepted), for how long,
+        and how it ended: COMPLETED, or the run's final state for a node cut short by it
+        (FAILED for the failing node, CANCELLED for a stopped run), RUNNING while it runs."""
+        timings: dict[str, dict[str, Any]] = {}
+        final = self.final
+        for node_id, (started, completed, cut) in self._nodes.items():
+            assert started is not None
+            ended = completed if completed is not None else cut
+            if completed is not None:
+                state = COMPLETED
+            elif final is None or cut is None:
+                state = RUNNING
+            else:
+                state = final.state
+            timings[node_id] = {
+                "started_ms": round((started - self._clock) * 1000, 3),
+                "duration_ms": None if ended is None else round((ended - started) * 1000, 3),
+                "state": state,
+            }
+        return timings
 
     async def events(self) -> AsyncIterator[Event]:
         """Every event of the run, in order, until RunFinished (none for a run stopped before
@@ -257,10 +286,15 @@ class Run:
                 parts.append(delta.text)
             if self.first_token_at is None:
                 self.first_token_at = utcnow()
+        elif kind is NodeStarted:
+            self._nodes[cast(NodeStarted, event).node_id] = [time.monotonic(), None, None]
         elif kind is NodeCompleted:
             completed = cast(NodeCompleted, event)
             if completed.usage is not None:
                 self.usage[completed.node_id] = completed.usage
+            times = self._nodes.get(completed.node_id)
+            if times is not None:
+                times[1] = time.monotonic()
         elif kind is RunFinished:
             self._settle(cast(RunFinished, event))
 
@@ -271,6 +305,10 @@ class Run:
                 self._observe(event)
         if self.final is None:  # the consumer left before the end (client gone)
             self.stop(*LEFT)
+        ended = time.monotonic()
+        for times in self._nodes.values():  # cut short by the end: how long it ran
+            if times[1] is None:
+                times[2] = ended
         if self._insert_timer is not None:  # ended before being recorded RUNNING
             self._insert_timer.cancel()
         for write in list(self._writes):
@@ -286,6 +324,7 @@ class Run:
             "error_type": final.error_type,
             "error_node": final.node_id,
             "usage": self.usage,
+            "nodes": self.node_timings(),
             "first_token_at": self.first_token_at,
             "finished_at": utcnow(),
         }

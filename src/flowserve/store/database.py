@@ -45,7 +45,7 @@ class Database:
 # Columns added to a table after its first release. There is no migration framework:
 # ``create_all`` creates missing tables but never alters one, so each nullable column added
 # later is listed here and added to older databases at start.
-ADDED_COLUMNS = [("runs", "owner", "VARCHAR(32)")]
+ADDED_COLUMNS = [("runs", "owner", "VARCHAR(32)"), ("runs", "nodes", "JSON")]
 
 
 def _add_new_columns(conn: Connection) -> None:

@@ -68,6 +68,9 @@ class Run(Base):
     error_node: Mapped[str | None] = mapped_column(String(64), nullable=True)
     user_id: Mapped[str | None] = mapped_column(String(256), nullable=True)
     usage: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Per node: {"started_ms", "duration_ms", "state"}, from when the request was accepted
+    # (see flowserve.runs.run.Run.node_timings); None for runs recorded before it existed.
+    nodes: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     first_token_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
