@@ -3,7 +3,6 @@ PostgreSQL database shared by several processes (flowserve.store.instances)."""
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 import uuid
@@ -160,23 +159,6 @@ async def test_alive_registers_and_cancels_its_leftovers_on_exit(db):
     assert await state_of(db, left) == ("CANCELLED", "server shutting down")
     async with db.session() as s:
         assert (await s.execute(select(Instance))).scalars().all() == []
-
-
-async def test_an_older_database_gains_the_owner_column(tmp_path):
-    path = tmp_path / "old.db"
-    with sqlite3.connect(path) as conn:
-        conn.execute("CREATE TABLE runs (id VARCHAR(64) PRIMARY KEY, state VARCHAR(16))")
-        conn.execute("INSERT INTO runs VALUES ('r1', 'COMPLETED')")
-    database = Database(f"sqlite+aiosqlite:///{path}")
-    await database.create_schema()
-    await database.create_schema()  # twice: nothing to add the second time
-    await database.aclose()
-    with sqlite3.connect(path) as conn:
-        columns = [row[1] for row in conn.execute("PRAGMA table_info(runs)")]
-        assert "owner" in columns
-        assert conn.execute("SELECT id, state, owner FROM runs").fetchall() == [
-            ("r1", "COMPLETED", None)
-        ]
 
 
 async def test_an_error_inside_alive_comes_out_as_raised(db):

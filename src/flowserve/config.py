@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     )
 
     database_url: str = "sqlite+aiosqlite:///flowserve.db"
+    # migrate a database made by an older flowserve at start (serve --upgrade); otherwise
+    # serve refuses it and names `flowserve db upgrade` (flowserve.store.schema)
+    upgrade_schema: bool = False
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"

@@ -2,6 +2,7 @@
 
     FlowserveError
     ├── ConfigError                  bad settings or missing provider credentials
+    │   └── SchemaError              the database's schema is behind (or ahead of) this code
     ├── FlowValidationError          a flow file is wrong (names node and field)
     ├── NotFoundError                org, flow, version or run unknown (or not yours)
     ├── AuthError                    missing / unknown / revoked / wrong-org key
@@ -48,6 +49,12 @@ class FlowserveError(Exception):
 
 class ConfigError(FlowserveError):
     error_type = "config_error"
+
+
+class SchemaError(ConfigError):
+    """The database was made by another flowserve version; the message names what to run."""
+
+    error_type = "schema_error"
 
 
 class FlowValidationError(FlowserveError):

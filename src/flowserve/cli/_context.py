@@ -13,6 +13,7 @@ from rich.console import Console
 from flowserve.config import Settings
 from flowserve.errors import FlowserveError, FlowValidationError
 from flowserve.services import Services
+from flowserve.store import schema
 
 T = TypeVar("T")
 console = Console(soft_wrap=True)
@@ -34,7 +35,11 @@ def settings_from(config: str | None, database_url: str | None, **extra: Any) ->
 @asynccontextmanager
 async def local_state(settings: Settings) -> AsyncIterator[Services]:
     state = Services.build(settings)
-    await state.db.create_schema()
+    try:
+        await schema.prepare(state.db, allow_upgrade=settings.upgrade_schema)
+    except BaseException:
+        await state.aclose()
+        raise
     try:
         # Registered like a server, so that a server sharing the database does not take
         # this process's runs (``flowserve run``) for orphans.
@@ -42,6 +47,25 @@ async def local_state(settings: Settings) -> AsyncIterator[Services]:
             yield state
     finally:
         await state.aclose()
+
+
+def check_schema(settings: Settings) -> None:
+    """Refuse (exit 2, naming ``flowserve db upgrade``) a database behind this code, unless
+    ``settings.upgrade_schema``; create an empty one's schema."""
+    from flowserve.store.database import Database
+
+    async def go() -> None:
+        db = Database(settings.database_url)
+        try:
+            await schema.prepare(db, allow_upgrade=settings.upgrade_schema)
+        finally:
+            await db.aclose()
+
+    try:
+        asyncio.run(go())
+    except FlowserveError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", soft_wrap=True, markup=False)
+        raise typer.Exit(2) from None
 
 
 def run_async(fn: Callable[[], Awaitable[T]]) -> T:

@@ -11,6 +11,7 @@ from flowserve.auth import PRIVATE, PUBLIC
 from flowserve.cli._context import (
     ConfigOption,
     DatabaseOption,
+    check_schema,
     console,
     local_state,
     run_async,
@@ -52,11 +53,18 @@ def _serve(settings: Settings) -> None:
 def serve(
     host: str = typer.Option(None, help="bind address (default 127.0.0.1)"),
     port: int = typer.Option(None, help="port (default 8000)"),
+    upgrade: bool = typer.Option(
+        False, "--upgrade", help="migrate a database made by an older flowserve first"
+    ),
     config: str = ConfigOption,
     database_url: str = DatabaseOption,
 ) -> None:
     """Serve the HTTP API."""
-    _serve(settings_from(config, database_url, host=host, port=port))
+    settings = settings_from(
+        config, database_url, host=host, port=port, upgrade_schema=upgrade or None
+    )
+    check_schema(settings)  # a clear message, before uvicorn starts
+    _serve(settings)
 
 
 def _init(settings: Settings, org: str) -> tuple[dict[str, str], int]:

@@ -30,6 +30,7 @@ from flowserve.http.routes import ROUTES, TABLE
 from flowserve.http.stream import SetupGate
 from flowserve.runs.run import SHUTDOWN
 from flowserve.services import Services
+from flowserve.store import schema
 
 DESCRIPTION = "Run LLM flows and stream their outputs (Stack AI-compatible API)."
 
@@ -62,7 +63,7 @@ class FlowserveApp(Starlette):
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
         settings = self.settings
         services = Services.build(settings)
-        await services.db.create_schema()
+        await schema.prepare(services.db, allow_upgrade=settings.upgrade_schema)
         try:
             # Registered as a live instance: runs left RUNNING by dead ones are failed now
             # and at each heartbeat; ours still RUNNING at the end are CANCELLED.

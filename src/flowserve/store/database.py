@@ -1,4 +1,4 @@
-"""Engine, sessions and schema creation."""
+"""Engine and sessions. The schema is Alembic's (``flowserve.store.schema``)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, event, inspect, text
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
-
-from flowserve.store.models import Base
 
 
 def utcnow() -> datetime:
@@ -29,9 +27,11 @@ class Database:
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def create_schema(self) -> None:
-        async with self.engine.begin() as conn:
-            await conn.run_sync(Base.metadata.create_all)
-            await conn.run_sync(_add_new_columns)
+        """Create the schema, or bring it up to date: Alembic's migrations to head (see
+        ``flowserve.store.schema``; a server at start calls ``schema.prepare`` instead)."""
+        from flowserve.store import schema  # it imports this module
+
+        await schema.upgrade(self)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -40,22 +40,6 @@ class Database:
 
     async def aclose(self) -> None:
         await self.engine.dispose()
-
-
-# Columns added to a table after its first release. There is no migration framework:
-# ``create_all`` creates missing tables but never alters one, so each nullable column added
-# later is listed here and added to older databases at start.
-ADDED_COLUMNS = [("runs", "owner", "VARCHAR(32)"), ("runs", "nodes", "JSON")]
-
-
-def _add_new_columns(conn: Connection) -> None:
-    inspector = inspect(conn)
-    # Several processes may start together on one PostgreSQL database: IF NOT EXISTS makes the
-    # race harmless there. SQLite lacks it, but one process owns an SQLite file at start.
-    if_absent = "" if conn.dialect.name == "sqlite" else "IF NOT EXISTS "
-    for table, column, ddl in ADDED_COLUMNS:
-        if column not in {c["name"] for c in inspector.get_columns(table)}:
-            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {if_absent}{column} {ddl}"))
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -52,6 +52,8 @@ class Run(Base):
     __table_args__ = (
         Index("ix_runs_org_flow", "org_id", "flow_id"),
         Index("ix_runs_state", "state"),
+        # Run history, newest first, paged by (queued_at, id): flowserve.store.runs.RunStore.list
+        Index("ix_runs_org_queued", "org_id", "queued_at", "id"),
     )
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     org_id: Mapped[str] = mapped_column(String(64))

@@ -1,0 +1,1 @@
+"""Alembic migrations of flowserve's schema (SQLite and PostgreSQL); see ``store/schema.py``."""
