@@ -21,6 +21,15 @@ if command -v npm >/dev/null 2>&1 && [ ! -d tests/js/node_modules ]; then
   (cd tests/js && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+# The pages' tests (tests/browser) drive Debian's Chromium: when it is missing it is
+# installed, so that they fail rather than skip without it.
+if [ ! -x /usr/bin/chromium ]; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq chromium
+fi
+
 # Local services for the scale-out tests (see README, "Many processes").
 if command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -q 2>/dev/null; then
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true

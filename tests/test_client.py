@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from flowserve import APIError, AsyncClient, Client, RunFailedError
@@ -47,3 +50,62 @@ async def test_async_client(server: Server):
         assert await client.run("echo", {"in-0": "c"}) == {"out-0": "c"}
         with pytest.raises(RunFailedError):
             await client.run("failing", {})
+
+
+def test_run_history_pages_and_records(server: Server):
+    who = f"client-{uuid.uuid4().hex[:8]}"
+    with (
+        Client(server.base_url, server.public_key, server.org) as public,
+        Client(server.base_url, server.private_key, server.org) as private,
+    ):
+        for text in ("a", "b c", "d e f"):
+            public.run("echo", {"in-0": text}, user_id=who)  # recorded when it answers
+        newest_first = [r["run_id"] for r in private.list_runs(user_id=who).runs]
+        outputs = [private.get_run(run_id)["outputs"]["out-0"] for run_id in newest_first]
+        assert outputs == ["d e f", "b c", "a"]
+        page = private.list_runs(user_id=who, limit=2)
+        assert [r["run_id"] for r in page.runs] == newest_first[:2] and page.next_cursor
+        rest = private.list_runs(user_id=who, limit=2, cursor=page.next_cursor)
+        assert [r["run_id"] for r in rest.runs] == newest_first[2:] and rest.next_cursor is None
+        every = list(private.iter_runs(user_id=who, page_size=1))
+        assert [r["run_id"] for r in every] == newest_first
+        assert {r["state"] for r in every} == {"COMPLETED"}
+        assert [r["run_id"] for r in private.iter_runs(user_id=who, flow_id="chain")] == []
+        tomorrow = datetime.now(UTC) + timedelta(days=1)
+        assert private.list_runs(user_id=who, since=tomorrow).runs == []
+        assert len(private.list_runs(user_id=who, until=tomorrow).runs) == 3
+        with pytest.raises(ValueError, match="timezone-aware"):
+            private.list_runs(since=datetime.now())
+        record = private.get_run(newest_first[0])
+        assert record["outputs"] == {"out-0": "d e f"} and record["user_id"] == who
+        assert record["nodes"]["llm-0"]["state"] == "COMPLETED"
+        assert record["nodes"]["llm-0"]["duration_ms"] >= 20  # 3 tokens, 0.01 s before each
+        assert private.run_metadata("echo", newest_first[0]) == record
+        with pytest.raises(APIError) as info:
+            public.list_runs()
+        assert info.value.status == 403 and "read run records" in info.value.message
+        with pytest.raises(APIError) as info:
+            private.get_run("no-such-run")
+        assert info.value.status == 404
+        with pytest.raises(APIError) as info:
+            private.list_runs(state="DONE", limit=0)
+        assert info.value.status == 422
+        assert "query.state" in info.value.message and "query.limit" in info.value.message
+
+
+@pytest.mark.anyio
+async def test_async_client_run_history(server: Server):
+    who = f"client-{uuid.uuid4().hex[:8]}"
+    async with AsyncClient(server.base_url, server.private_key, server.org) as client:
+        await client.run("echo", {"in-0": "x"}, user_id=who)
+        await client.run("echo", {"in-0": "y"}, user_id=who)
+        every = [r async for r in client.iter_runs(user_id=who, page_size=1)]
+        assert len(every) == 2 and every[0]["created_at"] > every[1]["created_at"]
+        page = await client.list_runs(user_id=who, state="COMPLETED")
+        assert [r["run_id"] for r in page.runs] == [r["run_id"] for r in every]
+        record = await client.get_run(every[0]["run_id"])
+        assert record["outputs"] == {"out-0": "y"}
+        assert await client.run_metadata("echo", every[0]["run_id"]) == record
+        with pytest.raises(APIError) as info:
+            await client.get_run("no-such-run")
+        assert info.value.status == 404

@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(default=10.0, ge=0)  # runs in flight may finish this long
     heartbeat_interval: float = Field(default=10.0, gt=0)  # dead after 3 missed heartbeats
 
+    # /metrics: distinct ``flow`` label values of flowserve_run_duration_seconds; the runs of
+    # flows beyond the first this many seen are counted under flow="_other"
+    metrics_max_flows: int = Field(default=50, ge=0, le=10_000)
+
     # caches
     flow_cache_ttl: float = Field(default=2.0, ge=0)
     key_cache_ttl: float = Field(default=5.0, ge=0)

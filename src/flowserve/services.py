@@ -84,9 +84,10 @@ class Services:
         keys = KeyStore(db)
         return cls(settings, db, registry, keys, flows, runs, instances, key_cache)
 
-    async def authenticate(self, header: str | None, org_id: str) -> Principal:
-        """The caller's key, which must belong to ``org_id``. Every failure is the same 401,
-        so a caller cannot learn whether an org exists."""
+    async def authenticate(self, header: str | None, org_id: str | None) -> Principal:
+        """The caller's key, which must belong to ``org_id`` (None: a key of any org, for
+        routes that name no org). Every failure is the same 401, so a caller cannot learn
+        whether an org exists."""
         key_id, secret = parse_bearer(header)
         cache_key = hashlib.sha256(f"{key_id}:{secret}".encode()).hexdigest()
         principal = await self.key_cache.get(
@@ -94,7 +95,7 @@ class Services:
             lambda: self.keys.verify(key_id, secret),
             lambda: self.keys.still_active(key_id),
         )
-        if principal.org_id != org_id:
+        if org_id is not None and principal.org_id != org_id:
             raise AuthError("invalid API key")
         return principal
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from flowserve.cli import db, flows, keys, run, serve
+from flowserve.cli import db, flows, keys, run, runs, serve
 
 app = typer.Typer(
     name="flowserve",
@@ -18,6 +18,7 @@ app.command("quickstart")(serve.quickstart)
 app.command("run")(run.run)
 app.add_typer(flows.app, name="flows")
 app.add_typer(keys.app, name="keys")
+app.add_typer(runs.app, name="runs")
 app.add_typer(db.app, name="db")
 
 

@@ -107,6 +107,13 @@ def curl_command(settings: Settings, org: str, key: str | None) -> str:
     )
 
 
+def page_url(settings: Settings, org: str) -> tuple[str, str]:
+    """The example flow's form page, and the origin a key must allow to be used from it."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    origin = f"http://{f'[{host}]' if ':' in host else host}:{settings.port}"
+    return f"{origin}/ui/{org}/{EXAMPLE_FLOW}", origin
+
+
 def init(
     org: str = typer.Option("default", help="organisation id"),
     config: str = ConfigOption,
@@ -134,5 +141,13 @@ def quickstart(
     console.print(f"Published flow {EXAMPLE_FLOW!r} version {version} in org {org!r}.")
     console.print("\n[bold]Stream from it[/bold] (once the server below is up):")
     console.print(curl_command(settings, org, created.get(PUBLIC)), soft_wrap=True)
+    page, origin = page_url(settings, org)
+    console.print(f"\n[bold]Its pages[/bold]: {page} (form) and {page}/chat", soft_wrap=True)
+    console.print(
+        "  with a public key that allows this origin, given after #key= in the address:\n"
+        f"  flowserve keys create --kind public --origin {origin}",
+        soft_wrap=True,
+        highlight=False,
+    )
     console.print("")
     _serve(settings)

@@ -3,13 +3,18 @@
 Both speak the ``/inference/v0/*`` routes, which Stack AI's hosted API serves too, so the same
 client works against either by changing ``base_url``. ``stream()`` reads JSON lines with
 cumulative outputs (``delta=false``), so each :class:`Update` holds the whole text so far.
+
+The run history (``list_runs``, ``iter_runs``, ``get_run``: ``/v1/orgs/{org}/runs``) is
+flowserve's own and needs a private key; ``run_metadata`` is the ``/inference/v0`` route.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -33,6 +38,49 @@ class Update:
     @property
     def done(self) -> bool:
         return self.state != "RUNNING"
+
+
+@dataclass(frozen=True, slots=True)
+class RunPage:
+    """One page of run history, newest first; ``next_cursor`` is None on the last page."""
+
+    runs: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def _page(payload: dict[str, Any]) -> RunPage:
+    return RunPage(list(payload.get("runs") or []), payload.get("next_cursor"))
+
+
+def _timestamp(value: datetime | str) -> str:
+    if isinstance(value, str):
+        return value
+    if value.tzinfo is None:
+        raise ValueError("since and until must be timezone-aware datetimes")
+    return value.isoformat()
+
+
+def _history_params(
+    flow_id: str | None,
+    state: str | None,
+    user_id: str | None,
+    since: datetime | str | None,
+    until: datetime | str | None,
+    limit: int | None,
+    cursor: str | None,
+) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for name, value in (("flow_id", flow_id), ("state", state), ("user_id", user_id)):
+        if value is not None:
+            params[name] = value
+    for name, when in (("since", since), ("until", until)):
+        if when is not None:
+            params[name] = _timestamp(when)
+    if limit is not None:
+        params["limit"] = str(limit)
+    if cursor is not None:
+        params["cursor"] = cursor
+    return params
 
 
 def _update(frame: dict[str, Any]) -> Update:
@@ -103,6 +151,13 @@ class _Base:
             "headers": {"Content-Type": "application/json"},
         }
 
+    def _runs_url(self, run_id: str | None = None) -> str:
+        url = f"{self.base_url}/v1/orgs/{quote(self.org, safe='')}/runs"
+        return url if run_id is None else f"{url}/{quote(run_id, safe='')}"
+
+    def _metadata_url(self, flow_id: str) -> str:
+        return f"{self.base_url}/inference/v0/run/{self.org}/{flow_id}/metadata"
+
 
 class Client(_Base):
     """Blocking client. ``run()`` returns the outputs; ``stream()`` yields updates live."""
@@ -150,6 +205,65 @@ class Client(_Base):
                     update = _update(orjson.loads(line))
                     _check_final(update)
                     yield update
+
+    def list_runs(
+        self,
+        *,
+        flow_id: str | None = None,
+        state: str | None = None,
+        user_id: str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """One page of the org's runs, newest first (private key). Pass the page's
+        ``next_cursor`` as ``cursor``, with the same filters, for the next one."""
+        params = _history_params(flow_id, state, user_id, since, until, limit, cursor)
+        r = self._http.get(self._runs_url(), params=params)
+        _raise_for(r, r.content)
+        return _page(r.json())
+
+    def iter_runs(
+        self,
+        *,
+        flow_id: str | None = None,
+        state: str | None = None,
+        user_id: str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        page_size: int = 100,
+    ) -> Iterator[dict[str, Any]]:
+        """Every run that passes the filters, newest first, a page at a time."""
+        cursor = None
+        while True:
+            page = self.list_runs(
+                flow_id=flow_id,
+                state=state,
+                user_id=user_id,
+                since=since,
+                until=until,
+                limit=page_size,
+                cursor=cursor,
+            )
+            yield from page.runs
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        """A run's whole record, with its per-node timings (private key)."""
+        r = self._http.get(self._runs_url(run_id))
+        _raise_for(r, r.content)
+        result: dict[str, Any] = r.json()
+        return result
+
+    def run_metadata(self, flow_id: str, run_id: str) -> dict[str, Any]:
+        """The record of one run of ``flow_id`` (``/inference/v0/.../metadata``; private key)."""
+        r = self._http.get(self._metadata_url(flow_id), params={"run_id": run_id})
+        _raise_for(r, r.content)
+        result: dict[str, Any] = r.json()
+        return result
 
     def close(self) -> None:
         self._http.close()
@@ -207,6 +321,66 @@ class AsyncClient(_Base):
                     update = _update(orjson.loads(line))
                     _check_final(update)
                     yield update
+
+    async def list_runs(
+        self,
+        *,
+        flow_id: str | None = None,
+        state: str | None = None,
+        user_id: str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """One page of the org's runs, newest first (private key). Pass the page's
+        ``next_cursor`` as ``cursor``, with the same filters, for the next one."""
+        params = _history_params(flow_id, state, user_id, since, until, limit, cursor)
+        r = await self._http.get(self._runs_url(), params=params)
+        _raise_for(r, r.content)
+        return _page(r.json())
+
+    async def iter_runs(
+        self,
+        *,
+        flow_id: str | None = None,
+        state: str | None = None,
+        user_id: str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        page_size: int = 100,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every run that passes the filters, newest first, a page at a time."""
+        cursor = None
+        while True:
+            page = await self.list_runs(
+                flow_id=flow_id,
+                state=state,
+                user_id=user_id,
+                since=since,
+                until=until,
+                limit=page_size,
+                cursor=cursor,
+            )
+            for run in page.runs:
+                yield run
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    async def get_run(self, run_id: str) -> dict[str, Any]:
+        """A run's whole record, with its per-node timings (private key)."""
+        r = await self._http.get(self._runs_url(run_id))
+        _raise_for(r, r.content)
+        result: dict[str, Any] = r.json()
+        return result
+
+    async def run_metadata(self, flow_id: str, run_id: str) -> dict[str, Any]:
+        """The record of one run of ``flow_id`` (``/inference/v0/.../metadata``; private key)."""
+        r = await self._http.get(self._metadata_url(flow_id), params={"run_id": run_id})
+        _raise_for(r, r.content)
+        result: dict[str, Any] = r.json()
+        return result
 
     async def aclose(self) -> None:
         await self._http.aclose()

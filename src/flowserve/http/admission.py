@@ -110,7 +110,11 @@ class Caller:
 
 
 async def admit(
-    services: Services, limits: Limits, request: Request, authorization: str | None, org: str
+    services: Services,
+    limits: Limits,
+    request: Request,
+    authorization: str | None,
+    org: str | None,  # None: a route naming no org takes a key of any org
 ) -> Caller:
     principal = await services.authenticate(authorization, org)
     note(request.scope, key_id=principal.key_id)

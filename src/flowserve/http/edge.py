@@ -29,7 +29,7 @@ from flowserve.errors import FlowserveError, ForbiddenError
 from flowserve.http.access import note, open_entry, write_line
 from flowserve.http.admission import admit, normalize, valid_origin
 from flowserve.http.errors import error_response, flowserve_error_handler
-from flowserve.http.routing import Call, Route, RouteTable
+from flowserve.http.routing import Call, ErrorShape, Route, RouteTable
 from flowserve.runs.run import SHUTDOWN
 
 if TYPE_CHECKING:
@@ -91,12 +91,11 @@ class Edge:
     ) -> Awaitable[None]:
         raw_path = scope.get("raw_path") or scope["path"].encode()
         if len(raw_path) + len(scope["query_string"]) > self.max_url_bytes:
-            return self._refuse(
-                scope, receive, send, 414, f"URL longer than {self.max_url_bytes} bytes"
-            )
+            detail = f"URL longer than {self.max_url_bytes} bytes"
+            return self._refuse(scope, receive, send, 414, detail, shape=_shape(routes))
         if sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_header_bytes:
             detail = f"headers larger than {self.max_header_bytes} bytes"
-            return self._refuse(scope, receive, send, 431, detail)
+            return self._refuse(scope, receive, send, 431, detail, shape=_shape(routes))
         method = scope["method"]
         route = routes.get(method)
         if route is None:
@@ -106,14 +105,19 @@ class Edge:
                 if origin is not None:
                     return self._preflight(scope, send, origin, allowed)
             allow = ", ".join(sorted(routes))
-            return self._refuse(scope, receive, send, 405, "Method Not Allowed", {"Allow": allow})
+            headers = {"Allow": allow}
+            return self._refuse(
+                scope, receive, send, 405, "Method Not Allowed", headers, _shape(routes)
+            )
         if route.starts_run:
             runs = self.http.services.runs
             if runs.draining:
                 assert runs.drain_deadline is not None
                 retry_after = max(1, math.ceil(runs.drain_deadline - time.monotonic()))
                 headers = {"Retry-After": str(retry_after), "Connection": "close"}
-                return self._refuse(scope, receive, send, 503, SHUTDOWN[0], headers)
+                return self._refuse(
+                    scope, receive, send, 503, SHUTDOWN[0], headers, route.errors_as
+                )
         return self._call(route, values, scope, receive, send)
 
     async def _call(
@@ -127,16 +131,20 @@ class Edge:
             caller = None
             if route.key is not None:
                 caller = await admit(
-                    http.services, http.limits, request, _authorization(scope), args["org"]
+                    http.services,
+                    http.limits,
+                    request,
+                    _authorization(scope),
+                    args.get("org"),
                 )
                 if route.key == "private" and not caller.principal.is_private:
                     raise ForbiddenError(f"a private API key is needed to {route.action}")
             response = await route.handler(Call(request, args, caller, http))
         except FlowserveError as exc:
-            response = await flowserve_error_handler(request, exc)
+            response = await flowserve_error_handler(request, exc, route.errors_as)
         except Exception:
             log.exception("%s %s failed", route.method, route.path)
-            response = error_response(request, 500, "internal server error")
+            response = error_response(request, 500, "internal server error", None, route.errors_as)
         await response(scope, receive, send)
 
     @staticmethod
@@ -147,8 +155,9 @@ class Edge:
         status: int,
         detail: str,
         headers: dict[str, str] | None = None,
+        shape: ErrorShape = "flowserve",
     ) -> None:
-        response = error_response(Request(scope), status, detail, headers)
+        response = error_response(Request(scope), status, detail, headers, shape)
         await response(scope, receive, send)
 
     @staticmethod
@@ -163,6 +172,11 @@ class Edge:
         ]
         await send({"type": "http.response.start", "status": 204, "headers": headers})
         await send({"type": "http.response.body", "body": b""})
+
+
+def _shape(routes: dict[str, Route]) -> ErrorShape:
+    """How errors read at a path (the same for all its methods)."""
+    return next(iter(routes.values())).errors_as
 
 
 def _preflight_origin(scope: Scope) -> bytes | None:

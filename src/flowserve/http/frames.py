@@ -14,6 +14,7 @@ import orjson
 
 from flowserve.events import Event, NodeCompleted, NodeDelta, NodeStarted, RunFinished
 from flowserve.runs.run import Run
+from flowserve.store.runs import RUNNING
 
 # JSON may hold U+0085, U+2028 and U+2029 raw in strings, but line readers split on them
 # (Python's str.splitlines, httpx's iter_lines, which the Python client uses): escaped, every
@@ -165,13 +166,26 @@ class EnvelopeEncoder(Encoder):
 
 
 def metadata(run: Run, final: RunFinished) -> dict[str, Any]:
+    """The last frame's ``metadata``: usage and timings per node (the pages show them)."""
     return {
         "usage": final.usage,
+        "nodes": node_timings(run, final),
         "flow_id": run.flow.id,
         "flow_version": run.loaded.version,
         "error_type": final.error_type,
         "node_id": final.node_id,
     }
+
+
+def node_timings(run: Run, final: RunFinished) -> dict[str, dict[str, Any]]:
+    """:meth:`Run.node_timings` once the run has ended. A stream's last frame is written
+    before the run measures the nodes its end cut short: those say the run's final state
+    (how the record will), and their ``duration_ms`` is in the record only."""
+    timings = run.node_timings()
+    for timing in timings.values():
+        if timing["state"] == RUNNING:
+            timing["state"] = final.state
+    return timings
 
 
 def envelope(

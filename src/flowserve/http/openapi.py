@@ -40,10 +40,28 @@ VALIDATION_ERROR: dict[str, Any] = {
         "type": {"type": "string"},
     },
 }
+OPENAI_ERROR_SCHEMA: dict[str, Any] = {
+    "title": "OpenAIError",
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "param", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "param": {"type": ["string", "null"]},
+                "code": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
 RETRY_AFTER = {
     "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}
 }
 REASONS = {
+    400: "invalid body (routes answering in OpenAI's shape say 400 where the others say 422)",
     401: "no, malformed, unknown or revoked API key, or a key of another org",
     403: "the key may not do this (a public key publishing), or the browser origin is not allowed",
     404: "unknown flow, version or run",
@@ -69,18 +87,21 @@ def statuses(route: Route) -> tuple[int, ...]:
         found.update(RUN)
     if route.params:
         found.add(422)
+    if route.errors_as == "openai" and 422 in found:
+        found.remove(422)
+        found.add(400)
     return tuple(sorted(found))
 
 
-def _error(status: int) -> dict[str, Any]:
-    response: dict[str, Any] = {
-        "description": REASONS[status],
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}},
-            # when the request accepts text/event-stream: one `data: {error, detail, status}`
-            "text/event-stream": {"schema": {"type": "string"}},
-        },
+def _error(status: int, route: Route) -> dict[str, Any]:
+    content: dict[str, Any] = {
+        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}},
+        # when the request accepts text/event-stream: one `data: {error, detail, status}`
+        "text/event-stream": {"schema": {"type": "string"}},
     }
+    if route.errors_as == "openai":  # always JSON
+        content = {"application/json": {"schema": {"$ref": "#/components/schemas/OpenAIError"}}}
+    response: dict[str, Any] = {"description": REASONS[status], "content": content}
     if status in (429, 503):
         response["headers"] = RETRY_AFTER
     return response
@@ -104,7 +125,7 @@ def _operation(route: Route) -> dict[str, Any]:
         for status in route.ok
     }
     for status in statuses(route):
-        responses[str(status)] = _error(status)
+        responses[str(status)] = _error(status, route)
     operation["responses"] = responses
     return operation
 
@@ -118,5 +139,11 @@ def document(routes: list[Route], title: str, version: str, description: str) ->
         "openapi": "3.1.0",
         "info": {"title": title, "version": version, "description": description},
         "paths": paths,
-        "components": {"schemas": {"Error": ERROR_SCHEMA, "ValidationError": VALIDATION_ERROR}},
+        "components": {
+            "schemas": {
+                "Error": ERROR_SCHEMA,
+                "ValidationError": VALIDATION_ERROR,
+                "OpenAIError": OPENAI_ERROR_SCHEMA,
+            }
+        },
     }

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from functools import partial
 
-from flowserve.http import flows, ops, runs
+from flowserve.http import flows, history, openai_api, ops, runs, ui
+from flowserve.http._openai_shapes import CHAT_BODY
 from flowserve.http.body import RUN_BODY
 from flowserve.http.routing import Param, Route, RouteTable
+from flowserve.ui import ASSETS as UI_ASSETS
 
 MAX_ID = 64
 ORG = Param("org", where="path", description="organisation id", min_length=1, max_length=MAX_ID)
@@ -106,7 +108,7 @@ ROUTES = [
         params=(ORG, FLOW, RUN_ID),
         browser=True,
         logged=True,
-        errors=(404,),
+        errors=(404, 503),  # 503: Redis unreachable, for a run of another process
         description=runs.stop_run.__doc__ or "",
     ),
     Route(
@@ -138,6 +140,91 @@ ROUTES = [
         action="list flows",
         browser=True,
         logged=True,
+    ),
+    Route(
+        "GET",
+        "/v1/orgs/{org}/runs",
+        history.list_runs,
+        "List the org's runs, newest first, with filters and cursor paging",
+        tags=("runs",),
+        params=(ORG, *history.LIST_PARAMS),
+        key="private",
+        action="read run records",
+        browser=True,
+        logged=True,
+    ),
+    Route(
+        "GET",
+        "/v1/orgs/{org}/runs/{run_id}",
+        history.show_run,
+        "One run's whole record: inputs, outputs, error, usage, per-node timings",
+        tags=("runs",),
+        params=(
+            ORG,
+            Param("run_id", where="path", description="the run", min_length=1, max_length=MAX_ID),
+        ),
+        key="private",
+        action="read run records",
+        browser=True,
+        logged=True,
+        errors=(404,),
+    ),
+    # A flow's pages (flowserve.http.ui): the same files for every flow, no key; the page
+    # then reads the flow's interface with the key its user gives.
+    Route(
+        "GET",
+        "/v1/orgs/{org}/flows/{flow_id}/interface",
+        ui.flow_interface,
+        "A flow's inputs, outputs, graph and chat pair, for its pages (no prompts)",
+        tags=("flows", "ui"),
+        params=(ORG, FLOW, VERSION),
+        browser=True,
+        logged=True,
+        errors=(404,),
+    ),
+    *(
+        Route(
+            "GET",
+            path,
+            handler,
+            summary,
+            tags=("ui",),
+            params=(ORG, FLOW),
+            key=None,
+            ok=(200, 304),
+            content=("text/html",),
+            errors=(404,),
+        )
+        for path, handler, summary in (
+            ("/ui/{org}/{flow_id}", ui.form_page, "A flow's form page (HTML)"),
+            ("/ui/{org}/{flow_id}/chat", ui.chat_page, "A flow's chat page (HTML)"),
+        )
+    ),
+    *(
+        Route("GET", f"/ui/assets/{name}", ui.static_asset, name, key=None, documented=False)
+        for name in UI_ASSETS
+    ),
+    # OpenAI-compatible (flowserve.http.openai_api): a model is a flow, "org/flow_id"
+    _run(
+        "POST",
+        "/v1/chat/completions",
+        openai_api.chat_completions,
+        "Run a flow as an OpenAI chat completion (streamed as chat.completion.chunk with stream)",
+        tags=("openai",),
+        body=CHAT_BODY,
+        content=("application/json", *SSE),
+        errors=(400, 502),
+        errors_as="openai",
+    ),
+    Route(
+        "GET",
+        "/v1/models",
+        openai_api.list_models,
+        "The flows the key may run, as OpenAI models",
+        tags=("openai",),
+        browser=True,
+        logged=True,
+        errors_as="openai",
     ),
     Route("GET", "/healthz", ops.healthz, "Liveness", tags=("ops",), key=None, errors=(503,)),
     Route(

@@ -36,6 +36,7 @@ _TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})
 _FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
 _INT = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would take "١٢"
 KeyKind = Literal["any", "private"]
+ErrorShape = Literal["flowserve", "openai"]  # how a route's errors read (flowserve.http.errors)
 _BOOL = "Input should be a valid boolean, unable to interpret input"
 _INT_MSG = "Input should be a valid integer, unable to parse string as an integer"
 _NUMBER = "Input should be"
@@ -143,7 +144,9 @@ class Route:
     summary: str
     tags: tuple[str, ...] = ()
     params: tuple[Param, ...] = ()
-    key: KeyKind | None = "any"  # None: no key; "any": a public or private key of the org
+    # None: no key; "any": a public or private key of the org (of the path's {org}; a route
+    # without one takes a key of any org, and its handler checks what it names is the key's)
+    key: KeyKind | None = "any"
     action: str = ""  # with key="private": what a public key is refused ("publish flows")
     starts_run: bool = False  # refused while draining; answers 404/413/503 (OpenAPI)
     browser: bool = False  # browsers may call it: preflights answered (CORS)
@@ -154,6 +157,7 @@ class Route:
     errors: tuple[int, ...] = ()  # statuses it may answer besides the ones its flags imply
     description: str = ""
     documented: bool = True  # in the OpenAPI document
+    errors_as: ErrorShape = "flowserve"  # "openai": OpenAI's error objects, 400 for 422
     pattern: re.Pattern[str] | None = field(default=None, compare=False)
     shown: frozenset[str] = field(default=frozenset(), compare=False)  # in the access log
 

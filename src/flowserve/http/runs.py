@@ -19,10 +19,10 @@ from flowserve.http.access import note
 from flowserve.http.admission import Caller, Slot, SlotResponse
 from flowserve.http.body import read_run_body
 from flowserve.http.frames import EnvelopeEncoder, LegacyEncoder, envelope, metadata
+from flowserve.http.history import record
 from flowserve.http.routing import Call
 from flowserve.http.stream import RunStreamResponse
 from flowserve.runs.run import SHUTDOWN, Run
-from flowserve.store.runs import timings
 
 log = logging.getLogger("flowserve.http")
 
@@ -124,24 +124,7 @@ async def run_metadata(call: Call) -> Response:
     if row.flow_id != args["flow_id"]:
         raise NotFoundError(f"run {args['run_id']!r} not found")
     note(call.request.scope, status=200, run_id=row.id)
-    return caller.json(
-        {
-            "run_id": row.id,
-            "org": row.org_id,
-            "flow_id": row.flow_id,
-            "flow_version": row.flow_version,
-            "state": row.state,
-            "inputs": row.inputs,
-            "outputs": row.outputs,
-            "error": row.error,
-            "error_type": row.error_type,
-            "error_node": row.error_node,
-            "user_id": row.user_id,
-            "usage": row.usage,
-            "timings": timings(row),
-            "created_at": row.queued_at.isoformat(),
-        }
-    )
+    return caller.json(record(row))
 
 
 async def stop_run(call: Call) -> Response:

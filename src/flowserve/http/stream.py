@@ -111,6 +111,16 @@ class RunStreamResponse(Response):
         self._watcher: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # /metrics' flowserve_streams_open: from here to the end, however it ends (a client
+        # that leaves cancels the relay, and this frame still unwinds through the finally).
+        metrics = self.run._service.metrics
+        metrics.streams_open += 1
+        try:
+            await self._serve(send, receive)
+        finally:
+            metrics.streams_open -= 1
+
+    async def _serve(self, send: Send, receive: Receive) -> None:
         self._send = send
         self._receive = receive
         if self.gate is not None:  # wait for our turn to start (SetupGate, above)

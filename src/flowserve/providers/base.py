@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +99,12 @@ class Provider:
         prompt the inputs alone decide, so that the caller gets a 4xx; only providers that
         set ``checks_prompts`` are asked."""
         return None
+
+    def collectors(self) -> Iterable[Collector]:
+        """The provider's own Prometheus collectors (say, how long calls wait for a local
+        model), shown on /metrics beside the core's. Read at every scrape; their names should
+        start with ``flowserve_`` and their labels stay few (no key, user or flow ids)."""
+        return ()
 
     async def prepare(self, model: str) -> None:
         """Optional warm-up before the first request (load weights, open pools)."""

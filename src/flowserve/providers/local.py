@@ -8,6 +8,8 @@ pool of ``instances`` contexts (setting ``local.instances``, default 1: on 2 cor
 using both cores beats two fighting over them) and a request waits for a free one. Cancelling
 the consuming task sets a flag the worker checks after every token, so generation stops within
 one token, and the context is only returned to the pool once the worker has let go of it.
+How long requests wait for a context is the histogram ``flowserve_local_model_queue_wait_seconds``
+on /metrics (the provider's :meth:`~LocalProvider.collectors`).
 
 Every generation starts from an empty context. llama-cpp-python keeps the KV cache of the last
 prompt and, for a new prompt sharing its prefix, evaluates only the rest (at least the last
@@ -26,12 +28,15 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import anyio
+from prometheus_client import Histogram
+from prometheus_client.registry import Collector
 from pydantic import Field
 
 from flowserve.errors import ProviderBadRequestError, ProviderError, ProviderUpstreamError
@@ -39,6 +44,8 @@ from flowserve.providers.base import LLMRequest, NodeOptions, Provider, Provider
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 _DONE = object()
+# How long a generation waited for a free context (loading one included), seconds.
+QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 def bundled_model_path() -> Path:
@@ -163,6 +170,18 @@ class LocalProvider(Provider):
         self._executor = ThreadPoolExecutor(
             max_workers=self.instances * 4 + 1, thread_name_prefix="flowserve-local"
         )
+        # This instance's own, not the process-wide registry: /metrics shows it through
+        # collectors(), and each app (tests build many) has its own providers.
+        self.queue_wait = Histogram(
+            "flowserve_local_model_queue_wait_seconds",
+            "How long calls to the embedded model waited for a free context (loading one "
+            "included; waits cut short by the caller leaving too), seconds",
+            buckets=QUEUE_WAIT_BUCKETS,
+            registry=None,
+        )
+
+    def collectors(self) -> Iterable[Collector]:
+        return (self.queue_wait,)
 
     def resolve(self, model: str) -> Path:
         if model == DEFAULT_MODEL:
@@ -215,7 +234,11 @@ class LocalProvider(Provider):
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[str]:
         pool = self._pool(request.model)
-        llm = await pool.acquire(self._executor)
+        waiting = time.monotonic()
+        try:
+            llm = await pool.acquire(self._executor)
+        finally:  # a wait cut short (the caller left) is a wait too
+            self.queue_wait.observe(time.monotonic() - waiting)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         stop = threading.Event()

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import threading
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flowserve.errors import ConfigError
 from flowserve.providers.base import Provider, ProviderEnv
 from flowserve.providers.endpoints import EndpointPolicy
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
 
 ENTRY_POINT_GROUP = "flowserve.providers"
 # providers for tests and demos, loaded only with the ``test_providers`` setting
@@ -79,6 +82,13 @@ class ProviderRegistry:
                     instance = cls(ProviderEnv(environ=self._env.environ, settings=section))
                     self._instances[name] = instance
         return instance
+
+    def collectors(self) -> list[Collector]:
+        """The collectors of the providers in use so far (see :meth:`Provider.collectors`);
+        a provider no flow has used yet has made none."""
+        with self._lock:
+            instances = list(self._instances.values())
+        return [collector for instance in instances for collector in instance.collectors()]
 
     async def aclose(self) -> None:
         for instance in self._instances.values():

@@ -25,7 +25,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -38,6 +37,7 @@ from flowserve.flows.service import LoadedFlow
 from flowserve.logs import run_id_var
 from flowserve.providers.base import Message
 from flowserve.runs._channel import Channel
+from flowserve.runs.metrics import RunMetrics as RunMetrics  # re-exported (runs.service)
 from flowserve.store.database import utcnow
 from flowserve.store.memory import MemoryStore
 from flowserve.store.runs import CANCELLED, COMPLETED, FAILED, RUNNING
@@ -51,25 +51,6 @@ QUEUED = "QUEUED"
 FINAL = frozenset({COMPLETED, FAILED, CANCELLED})
 SHUTDOWN = ("server shutting down", "shutdown")  # why runs are stopped at the end of a drain
 LEFT = ("run cancelled", "cancelled")  # why a run ends whose consumer left (client gone)
-
-
-class RunMetrics:
-    """Plain counters read by /metrics at scrape time; nothing is counted per token."""
-
-    __slots__ = ("finished", "tokens")
-
-    def __init__(self) -> None:
-        self.finished: Counter[str] = Counter()  # runs by final state
-        self.tokens: Counter[tuple[str, str]] = Counter()  # (provider, kind) -> tokens
-
-    def count(self, run: Run) -> None:
-        self.finished[run.state] += 1
-        nodes = run.flow.nodes
-        for node_id, usage in run.usage.items():
-            provider = nodes[node_id].provider or "default"
-            for kind in ("prompt_tokens", "completion_tokens"):
-                if usage.get(kind):
-                    self.tokens[(provider, kind)] += usage[kind]
 
 
 class _BoundMemory:
@@ -90,8 +71,8 @@ class _BoundMemory:
 class Run:
     # Slots: one of these lives per open stream (memory per held stream).
     __slots__ = (
-        "_events",
         "_clock",
+        "_events",
         "_insert_timer",
         "_inserted",
         "_nodes",
