@@ -29,6 +29,14 @@ if [ ! -x /usr/bin/chromium ]; then
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq chromium
 fi
+# tests/test_nginx.py puts Debian's nginx in front of two servers (README, "Behind a load
+# balancer"); it runs unprivileged in a temporary directory, the package's service unused.
+if [ ! -x /usr/sbin/nginx ]; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq nginx
+fi
 
 # Local services for the scale-out tests (see README, "Many processes").
 if command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -q 2>/dev/null; then

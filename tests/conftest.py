@@ -137,16 +137,21 @@ def stop_server(server: Server) -> None:
             server.process.wait()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One server per test module, with every flow in tests/flows published."""
-    srv = start_server(tmp_path_factory.mktemp("server"))
+def published_server(tmp: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """A server with every flow in tests/flows published, for the test module."""
+    srv = start_server(tmp, env=env)
     try:
         for path in sorted(FLOWS.glob("*.yaml")):
             srv.publish_file(path.name)
         yield srv
     finally:
         stop_server(srv)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server per test module, with every flow in tests/flows published."""
+    yield from published_server(tmp_path_factory.mktemp("server"))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -1,19 +1,28 @@
 """A client that leaves cancels its run: generation stops and the run is recorded CANCELLED
-with the partial output (contract 2.4: no resume yet)."""
+with the partial output. These servers keep no run for its client to resume
+(``resume_grace=0``); with the default grace the same happens after it (tests/test_resume.py)."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from tests import sse
-from tests.conftest import Server
+from tests.conftest import Server, published_server
 from tests.local_reference import direct
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from published_server(
+        tmp_path_factory.mktemp("server"), env={"FLOWSERVE_RESUME_GRACE": "0"}
+    )
 
 
 def record(server: Server, flow: str, run_id: str) -> dict:

@@ -113,8 +113,9 @@ def test_the_parsed_url_is_what_the_provider_is_given() -> None:
         outputs: {out-0: a}
         """
     )
-    assert compiled.nodes["a"].base_url == "http://127.0.0.1:11434/v1"
-    assert parse_endpoint(compiled.nodes["a"].base_url).host == "127.0.0.1"
+    checked = compiled.nodes["a"].data  # what the llm node type keeps: the checked base_url
+    assert checked == "http://127.0.0.1:11434/v1"
+    assert parse_endpoint(checked).host == "127.0.0.1"
 
 
 @pytest.mark.parametrize("provider", ["openai", "openai-compatible", "anthropic", "replicate"])

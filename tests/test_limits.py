@@ -32,7 +32,13 @@ outputs: {out-0: llm-0}
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    env = {"FLOWSERVE_MAX_CONCURRENT_RUNS_PER_KEY": "2", "FLOWSERVE_MAX_CONCURRENT_RUNS": "3"}
+    env = {
+        "FLOWSERVE_MAX_CONCURRENT_RUNS_PER_KEY": "2",
+        "FLOWSERVE_MAX_CONCURRENT_RUNS": "3",
+        # A client that leaves ends its run, and so frees its slot, at once; with a resume
+        # grace the run (still spending) keeps it until the grace is over.
+        "FLOWSERVE_RESUME_GRACE": "0",
+    }
     srv = start_server(tmp_path_factory.mktemp("limited"), env=env)
     try:
         for name in ("echo.yaml", "failing.yaml"):

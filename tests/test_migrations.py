@@ -23,6 +23,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from flowserve.knowledge.models import modelled
 from flowserve.store import schema
 from flowserve.store.database import Database
 from flowserve.store.models import Base
@@ -110,8 +111,12 @@ def diff_from_models(url: str) -> list[Any]:
         db = Database(url)
         try:
             async with db.engine.connect() as conn:
+                # The full-text index (FTS5 table / tsvector column) is not modelled.
+                opts = {"include_name": modelled}
                 return await conn.run_sync(
-                    lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata)
+                    lambda sync: compare_metadata(
+                        MigrationContext.configure(sync, opts=opts), Base.metadata
+                    )
                 )
         finally:
             await db.aclose()

@@ -167,7 +167,7 @@ def test_sigterm_drains_then_stops_runs_with_a_last_message(tmp_path: Path):
 
 
 def test_sigkill_mid_run_leaves_it_failed_on_restart_and_the_database_intact(tmp_path: Path):
-    server = start_server(tmp_path)
+    server = start_server(tmp_path, env={"FLOWSERVE_RECORD_SAVE_INTERVAL": "0.2"})
     try:
         assert server.publish(SLOW).status_code == 201
         assert server.publish(SHORT).status_code == 201
@@ -180,12 +180,15 @@ def test_sigkill_mid_run_leaves_it_failed_on_restart_and_the_database_intact(tmp
         reader = Reader(server, f"/inference/v0/stream/{server.org}/slow?delta=false")
         reader.start()
         reader.wait_for("word word")
+        time.sleep(0.6)  # a few of the run's saves (record_save_interval)
         server.process.kill()
         server.process.wait(timeout=10)
         reader.join(timeout=10)
     finally:
         stop_server(server)
-    killed_run = json.loads(reader.text.splitlines()[0])["run_id"]
+    frames = [json.loads(line) for line in reader.text.splitlines() if line.strip()]
+    killed_run = frames[0]["run_id"]
+    seen = frames[-1]["outputs"]["out-0"]  # cumulative: all its client saw
     assert rows(tmp_path / "flowserve.db")[killed_run]["state"] == "RUNNING"
 
     again = start_server(tmp_path, keys=(server.public_key, server.private_key))
@@ -194,6 +197,9 @@ def test_sigkill_mid_run_leaves_it_failed_on_restart_and_the_database_intact(tmp
         assert records[killed_run]["state"] == "FAILED", records[killed_run]
         assert records[killed_run]["error"] == "interrupted"
         assert records[killed_run]["error_type"] == "interrupted"
+        # What its client saw is in the record, up to the last save before the kill
+        kept = records[killed_run]["outputs"]["out-0"]
+        assert kept and seen.startswith(kept), (kept, seen)
         assert records[done["run_id"]]["state"] == "COMPLETED"
         assert records[done["run_id"]]["outputs"] == {"out-0": "a b c d e f"}
         # Flows and keys survived: the same keys list the flows and run one.

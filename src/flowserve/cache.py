@@ -11,6 +11,12 @@ still returns it at once and starts one refresh in the background; only an entry
 whole ``ttl`` (an idle server) makes readers wait, and then they share one load. A full cache
 (``max_entries``) drops its least recently read entry for a new one: one reader pays one
 load, where emptying the cache would send every request in flight to the database at once.
+
+With several processes, a change made by one (a key revoked, a flow published) reaches the
+others' caches as an invalidation message (``flowserve.cluster``) rather than after the ttl:
+:meth:`RefreshingCache.invalidate`, :meth:`~RefreshingCache.drop_where` or
+:meth:`~RefreshingCache.clear`. A load that was under way when one came in is not kept (it
+may have read the old value).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ class RefreshingCache(Generic[K, V]):
         # least recently read first: a hit moves its entry to the end
         self._entries: OrderedDict[K, tuple[float, V, Load[V]]] = OrderedDict()
         self._loading: dict[K, asyncio.Future[V]] = {}
+        self._invalidations = 0  # a load that saw this change does not store its value
 
     async def get(self, key: K, load: Load[V], reload: Load[V] | None = None) -> V:
         """The cached value, else ``load()``'s. ``reload`` (default: ``load``) is what a
@@ -57,6 +64,18 @@ class RefreshingCache(Generic[K, V]):
 
     def invalidate(self, key: K) -> None:
         self._entries.pop(key, None)
+        self._invalidations += 1
+
+    def drop_where(self, matches: Callable[[V], bool]) -> None:
+        """Drop every entry whose value ``matches`` (a look at each: for invalidations only,
+        never on the request path)."""
+        for key in [k for k, (_, value, _) in self._entries.items() if matches(value)]:
+            del self._entries[key]
+        self._invalidations += 1
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._invalidations += 1
 
     async def _load(self, key: K, load: Load[V], reload: Load[V]) -> V:
         """One load per key at a time; concurrent readers wait for it and share its result or
@@ -69,6 +88,7 @@ class RefreshingCache(Generic[K, V]):
                     raise
         future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
         self._loading[key] = future
+        invalidations = self._invalidations
         try:
             value = await load()
         except BaseException as exc:
@@ -80,7 +100,8 @@ class RefreshingCache(Generic[K, V]):
             raise
         else:
             future.set_result(value)
-            self._store(key, value, reload)
+            if invalidations == self._invalidations:
+                self._store(key, value, reload)
             return value
         finally:
             self._loading.pop(key, None)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flowserve.errors import ConfigError
@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     record_delay: float = Field(default=0.25, ge=0)
     drain_seconds: float = Field(default=10.0, ge=0)  # runs in flight may finish this long
     heartbeat_interval: float = Field(default=10.0, gt=0)  # dead after 3 missed heartbeats
+    # a streamed run whose client left is kept this long for it to resume (contract 2.5;
+    # last-event-id), then cancelled; 0: cancelled at once
+    resume_grace: float = Field(default=5.0, ge=0, le=600)
+    # a RUNNING run's outputs are saved this often, so that the record of a run its process
+    # died in keeps what was streamed; 0: never
+    record_save_interval: float = Field(default=2.0, ge=0)
 
     # /metrics: distinct ``flow`` label values of flowserve_run_duration_seconds; the runs of
     # flows beyond the first this many seen are counted under flow="_other"
@@ -86,6 +92,14 @@ class Settings(BaseSettings):
     # caches
     flow_cache_ttl: float = Field(default=2.0, ge=0)
     key_cache_ttl: float = Field(default=5.0, ge=0)
+
+    # several processes (flowserve.cluster): with a Redis URL they share the limits, stops,
+    # cache invalidations and runs' events; without, each process is on its own
+    redis_url: str | None = None  # e.g. redis://:password@10.0.0.5:6379/0 (never logged)
+    # what this deployment's keys in Redis start with (several deployments, one Redis)
+    redis_prefix: str = Field(default="flowserve", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    event_retention: float = Field(default=300.0, gt=0, le=86_400)  # seconds after a run ends
+    max_events_per_run: int = Field(default=100_000, ge=100, le=10_000_000)  # kept in Redis
 
     # the provider of LLM nodes that do not name one: the embedded model
     default_provider: str = "local"
@@ -99,6 +113,19 @@ class Settings(BaseSettings):
     # register the providers meant for tests and demos (the scripted one); off in production
     test_providers: bool = False
     warm_up: bool = True
+
+    # knowledge bases and per-user documents (flowserve.knowledge; contract 3.8)
+    # the embedding model of KBs created without one: None = keyword (full-text BM25) search
+    # only, which needs no model, key or download
+    default_embedding_model: str | None = None
+    kb_max_file_bytes: int = Field(default=50 * 1024 * 1024, ge=1, le=2**40)  # 413 beyond
+    documents_max_file_bytes: int = Field(default=10 * 1024 * 1024, ge=1, le=2**40)
+    kb_index_concurrency: int = Field(default=2, ge=1, le=64)  # files indexed at once
+    # originals, stored by content hash; None: flowserve-data/kb beside the SQLite database
+    # (the working directory for other databases)
+    kb_storage_dir: Path | None = None
+    # encrypts provider keys given at KB create (Fernet); without it such keys are refused
+    secret_key: SecretStr | None = None
 
     @classmethod
     def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:

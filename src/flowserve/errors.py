@@ -9,13 +9,16 @@
     │   └── ForbiddenError           key is valid but lacks the right (public key publishing)
     ├── InputError                   request body is wrong (422; names the field)
     │   ├── ParameterError           path or query parameters are wrong (422; each named)
-    │   └── PayloadTooLargeError     body over the size limit (413)
+    │   ├── PayloadTooLargeError     body over the size limit (413)
+    │   ├── BadFileError             an uploaded file is missing, empty or unreadable (422)
+    │   └── UnsupportedMediaTypeError  an uploaded file's type is not supported (415)
     ├── LimitError                   rate / concurrency limit hit (429/503, retry_after)
     ├── RunTimeoutError              a run hit its total or idle time limit (state FAILED)
     ├── APIError                     (Python client) a server answered with an error
     │   └── RunFailedError           (Python client) the run failed after streaming began
     └── NodeError                    a node failed while running (carries node_id)
         ├── OutputTooLargeError      a node's text, or the run's, is over the size limit
+        ├── KnowledgeBaseNotFoundError  a knowledge base a node searches was deleted
         └── ProviderError            raised by a provider adapter at its boundary
             ├── ProviderAuthError        upstream rejected the credentials
             ├── ProviderRateLimitError   upstream 429 (retry_after)
@@ -104,6 +107,23 @@ class PayloadTooLargeError(InputError):
     error_type = "payload_too_large"
 
 
+class BadFileError(InputError):
+    """An uploaded file (its ``file`` part) is missing, empty, or cannot be read as the type
+    it claims: ``error_type`` says which (``missing``, ``empty_file``, ``corrupt_file``)."""
+
+    error_type = "corrupt_file"
+
+    def __init__(self, message: str, kind: str = "corrupt_file") -> None:
+        super().__init__(message, ("body", "file"))
+        self.error_type = kind
+
+
+class UnsupportedMediaTypeError(InputError):
+    """An uploaded file of a type no parser reads (by its bytes, then its extension)."""
+
+    error_type = "unsupported_media_type"
+
+
 class LimitError(FlowserveError):
     error_type = "rate_limited"
 
@@ -169,6 +189,13 @@ class OutputTooLargeError(NodeError):
     server's limit (settings ``max_node_chars``, ``max_run_chars``)."""
 
     error_type = "output_too_large"
+
+
+class KnowledgeBaseNotFoundError(NodeError):
+    """A knowledge base a ``knowledge_base`` node names is gone (deleted after the flow was
+    published): the run fails naming the node."""
+
+    error_type = "knowledge_base_not_found"
 
 
 class ProviderError(NodeError):

@@ -27,6 +27,18 @@ class NodeCompleted:
 
 
 @dataclass(frozen=True, slots=True)
+class NodeResults:
+    """Structured results of a node, kept with the run: the citations of a retrieving node
+    (one dict per result, see the knowledge-base contract) and what it says about its work
+    (``details``). Sent by the node type before its NodeCompleted, at most a few per node,
+    never per token."""
+
+    node_id: str
+    citations: list[dict[str, Any]] = field(default_factory=list)
+    details: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RunFinished:
     """Last event of every run. ``state`` is COMPLETED, FAILED or CANCELLED."""
 
@@ -37,4 +49,4 @@ class RunFinished:
     usage: dict[str, Any] = field(default_factory=dict)
 
 
-Event = NodeStarted | NodeDelta | NodeCompleted | RunFinished
+Event = NodeStarted | NodeDelta | NodeCompleted | NodeResults | RunFinished

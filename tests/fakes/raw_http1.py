@@ -162,7 +162,12 @@ class RawServer:
         await self._stop.wait()
         server.close()
         for conn in self.connections:
-            conn.writer.transport.abort()  # which ends each handler's reads and writes
+            transport = conn.writer.transport
+            # abort() ends each handler's reads and writes; a transport already closing has
+            # (or will have) lost its connection, and aborting it again would touch a loop
+            # it has let go of
+            if not transport.is_closing():
+                transport.abort()
         if tasks:
             await asyncio.wait(tasks, timeout=5)
 

@@ -7,7 +7,8 @@
 //   {"outputs": <last parsed message>, "error": <message the promise rejected with, or null>,
 //    "messages": <onmessage calls>, "status": <status seen in onopen>, "opens": <onopen calls>,
 //    "requests": <HTTP requests sent>, "content_type": <content-type seen in onopen>,
-//    "last_event_id": <the id of the last message, "<run_id>:<seq>">}
+//    "last_event_id": <the id of the last message, "<run_id>:<seq>">,
+//    "sent_ids": <the last-event-id header each request carried, or null>}
 // and exits 0. A non-zero exit means the script itself crashed.
 //
 // The example's code is in streamDataFromStack(); everything else is harness. Changes to the
@@ -18,6 +19,11 @@
 //   - its free variables (flow_id, org, PUBLIC_API_KEY, user_id, signal) come from argv or the
 //     harness, the host is the flowserve base URL, and it returns `outputs`;
 //   - lines marked `// harness` record what the example saw, and change nothing it does.
+//
+// With a 6th argument `retry`, `onerror` lets fetch-event-source retry network errors (its
+// default, documented behaviour) instead of rethrowing them; errors the example throws itself
+// (an error message from the server) still end it. The published snippet rethrows everything,
+// which turns the library's automatic reconnect off (contract 1.3).
 
 import { fetchEventSource } from "@microsoft/fetch-event-source";
 
@@ -34,7 +40,8 @@ globalThis.document = {
 // The example logs with console.*; keep stdout for the one result line.
 console.log = (...args) => console.error(...args);
 
-const [base, org, flow_id, PUBLIC_API_KEY, inputsJson] = process.argv.slice(2);
+const [base, org, flow_id, PUBLIC_API_KEY, inputsJson, mode] = process.argv.slice(2);
+const RETRY = mode === "retry"; // harness
 if (!base || !org || !flow_id || PUBLIC_API_KEY === undefined || inputsJson === undefined) {
   console.error("usage: node stackai_client.mjs <base_url> <org> <flow_id> <api_key> '<inputs JSON>'");
   process.exit(2);
@@ -52,12 +59,14 @@ const harness = {
   content_type: null,
   requests: 0,
   last_event_id: null,
+  sent_ids: [],
 };
 
 // Count real HTTP requests too: a retry by fetch-event-source would show up here.
 const realFetch = globalThis.fetch;
 globalThis.fetch = (...args) => {
   harness.requests += 1;
+  harness.sent_ids.push(args[1]?.headers?.["last-event-id"] ?? null);
   return realFetch(...args);
 };
 
@@ -98,6 +107,7 @@ const streamDataFromStack = async () => {
     onclose() {
     },
     onerror(err) {
+      if (RETRY && err instanceof TypeError) return; // harness: a dropped connection, retried
       throw err;
     },
   });
@@ -122,6 +132,7 @@ process.stdout.write(
     requests: harness.requests,
     content_type: harness.content_type,
     last_event_id: harness.last_event_id,
+    sent_ids: harness.sent_ids,
   }) + "\n",
 );
 process.exit(0);

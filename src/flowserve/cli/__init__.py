@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from flowserve.cli import db, flows, keys, run, runs, serve
+from flowserve.cli import db, flows, kb, keys, run, runs, serve
 
 app = typer.Typer(
     name="flowserve",
@@ -20,6 +20,7 @@ app.add_typer(flows.app, name="flows")
 app.add_typer(keys.app, name="keys")
 app.add_typer(runs.app, name="runs")
 app.add_typer(db.app, name="db")
+app.add_typer(kb.app, name="kb")
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from flowserve.config import Settings
 from flowserve.errors import FlowserveError, FlowValidationError
@@ -42,8 +43,10 @@ async def local_state(settings: Settings) -> AsyncIterator[Services]:
         raise
     try:
         # Registered like a server, so that a server sharing the database does not take
-        # this process's runs (``flowserve run``) for orphans.
+        # this process's runs (``flowserve run``) for orphans. With Redis, connected to send
+        # (a revoked key is dropped from every server's cache at once), not to listen.
         async with state.instances.alive():
+            await state.start_cluster(None)
             yield state
     finally:
         await state.aclose()
@@ -64,7 +67,7 @@ def check_schema(settings: Settings) -> None:
     try:
         asyncio.run(go())
     except FlowserveError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", soft_wrap=True, markup=False)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
 
 

@@ -76,12 +76,13 @@ def list_(
 
 @app.command()
 def revoke(key_id: str, config: str = ConfigOption, database_url: str = DatabaseOption) -> None:
-    """Revoke a key by its id (the part after fs-pub-/fs-priv-)."""
+    """Revoke a key by its id (the part after fs-pub-/fs-priv-). With Redis
+    (FLOWSERVE_REDIS_URL), every server refuses it at once."""
     settings = settings_from(config, database_url)
 
     async def go() -> None:
         async with local_state(settings) as state:
-            await state.keys.revoke(key_id)
+            await state.revoke_key(key_id)
 
     run_async(go)
     console.print(f"revoked {key_id}")

@@ -1,14 +1,13 @@
-"""Flows: the file format, templates, validation and the compiled graph."""
+"""Flows: the file format, templates, validation and the compiled graph (node types are
+``flowserve.nodes``)."""
 
 from flowserve.flows.graph import Flow, compile_flow
 from flowserve.flows.loader import load_flow_file, parse_flow_text
-from flowserve.flows.spec import FlowSpec, LLMNodeSpec, TemplateNodeSpec
+from flowserve.flows.spec import FlowSpec
 
 __all__ = [
     "Flow",
     "FlowSpec",
-    "LLMNodeSpec",
-    "TemplateNodeSpec",
     "compile_flow",
     "load_flow_file",
     "parse_flow_text",

@@ -1,9 +1,11 @@
 """Compiling a :class:`FlowSpec` into a checked DAG.
 
 Every check that can be made before a run is made here, when a flow is loaded or published,
-and each problem names the node and field: unknown reference, cycle, duplicate id, unknown
-provider or model, output pointing nowhere, bad option. Missing provider credentials are a
-*warning* (flows are often published from machines that do not hold production keys).
+and each problem names the node and field: duplicate id, unknown reference, cycle, output
+pointing nowhere; then each node's own checks, by its type (``flowserve.nodes``: an unknown
+provider or model, a bad option), and at publish its type's async checks
+(:func:`check_flow`). Missing provider credentials are a *warning* (flows are often published
+from machines that do not hold production keys).
 """
 
 from __future__ import annotations
@@ -13,31 +15,26 @@ from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
-from pydantic import ValidationError
-
 from flowserve.errors import ConfigError, FlowValidationError, InputError
-from flowserve.flows.spec import FlowSpec, LLMNodeSpec, TemplateNodeSpec
+from flowserve.flows.spec import FlowSpec
 from flowserve.flows.template import Template, parse_template
-from flowserve.providers.endpoints import EndpointError
+from flowserve.nodes.base import CheckContext, CompileContext, Compiled, NodeSpec, NodeType
+from flowserve.nodes.registry import NodeRegistry, installed
 from flowserve.providers.registry import ProviderRegistry
 
 
 @dataclass(frozen=True, slots=True)
 class Node:
     id: str
-    spec: LLMNodeSpec | TemplateNodeSpec
+    spec: NodeSpec  # its type's Spec
+    kind: NodeType[Any]  # its type: how it runs
     deps: tuple[str, ...]
     templates: Mapping[str, Template]  # field name -> parsed template
+    # what its type's compile step found (flowserve.nodes.base.Compiled)
+    provider: str | None = None  # the provider it calls (resolved name), None if none
     model: str | None = None
-    provider: str | None = None  # resolved provider name (llm nodes)
     options: Mapping[str, Any] = field(default_factory=dict)
-    # the node's base_url as checked by the endpoint policy and rebuilt from its parsed parts:
-    # what the provider is given, never the file's raw string
-    base_url: str | None = None
-
-    @property
-    def is_llm(self) -> bool:
-        return isinstance(self.spec, LLMNodeSpec)
+    data: Any = None  # its type's own, for its runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +43,8 @@ class Flow:
     nodes: Mapping[str, Node]
     order: tuple[str, ...]  # a topological order of the nodes
     warnings: tuple[str, ...] = ()
-    # LLM nodes whose prompt the inputs alone decide, on a provider that can refuse a prompt
-    # before the run (too long for its context): checked before a run starts, for a 4xx
+    # nodes the inputs alone decide whose type can refuse them before the run (an LLM
+    # prompt too long for its model's context: NodeType.precheck), asked first, for a 4xx
     prompt_checked: tuple[str, ...] = ()
 
     @property
@@ -87,13 +84,13 @@ class Flow:
         return values
 
 
-def _templates(spec: LLMNodeSpec | TemplateNodeSpec) -> dict[str, Template]:
-    if isinstance(spec, TemplateNodeSpec):
-        return {"template": parse_template(spec.template)}
-    out = {"prompt": parse_template(spec.prompt)}
-    if spec.system is not None:
-        out["system"] = parse_template(spec.system)
-    return out
+def _templates(spec: NodeSpec, kind: NodeType[Any]) -> dict[str, Template]:
+    templates: dict[str, Template] = {}
+    for name in kind.templates:
+        text = getattr(spec, name)
+        if text is not None:
+            templates[name] = parse_template(text)
+    return templates
 
 
 def _order(deps: Mapping[str, tuple[str, ...]]) -> tuple[tuple[str, ...], list[str] | None]:
@@ -116,50 +113,12 @@ def _order(deps: Mapping[str, tuple[str, ...]]) -> tuple[tuple[str, ...], list[s
         return (), exc.args[1][::-1]
 
 
-def _check_llm(
-    node_id: str, spec: LLMNodeSpec, registry: ProviderRegistry
-) -> tuple[list[tuple[str, str]], list[str], str | None, dict[str, Any], str | None]:
-    problems: list[tuple[str, str]] = []
-    warnings: list[str] = []
-    loc = f"nodes.{node_id}"
-    provider_name = spec.provider or registry.default
-    try:
-        provider_cls = registry.provider_class(provider_name)
-    except ConfigError as exc:
-        return [(f"{loc}.provider", exc.message)], [], None, {}, None
-    provider = registry.get(provider_name)
-    model = spec.model or provider_cls.default_model
-    if model is None:
-        problems.append((f"{loc}.model", f"provider {provider_name!r} needs a model"))
-    elif (problem := provider.check_model(model)) is not None:
-        problems.append((f"{loc}.model", problem))
-    base_url: str | None = None
-    if spec.base_url is not None:
-        try:
-            base_url = registry.policy.check_base_url(spec.base_url)
-        except EndpointError as exc:
-            problems.append((f"{loc}.base_url", f"base_url {exc}"))
-    if spec.api_key_env is not None and (bad := registry.policy.key_env_problem(spec.api_key_env)):
-        problems.append((f"{loc}.api_key_env", bad))
-    options: dict[str, Any] = {}
-    try:
-        validated = provider_cls.Options.model_validate(spec.options())
-        options = validated.model_dump(exclude_none=True)
-    except ValidationError as exc:
-        for err in exc.errors():
-            name = ".".join(str(p) for p in err["loc"]) or "options"
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden":
-                msg = f"option not supported by provider {provider_name!r}"
-            problems.append((f"{loc}.{name}", msg))
-    if (var := provider.missing_credentials(spec.api_key_env)) is not None:
-        warnings.append(
-            f"{loc}: environment variable {var} is not set; runs of this node will fail until it is"
-        )
-    return problems, warnings, model, options, base_url
-
-
-def compile_flow(spec: FlowSpec, registry: ProviderRegistry) -> Flow:
+def compile_flow(
+    spec: FlowSpec, registry: ProviderRegistry, nodes: NodeRegistry | None = None
+) -> Flow:
+    """Check ``spec`` and compile it (``nodes``: the node types; None: the installed ones).
+    Raises FlowValidationError listing every problem found."""
+    types = nodes or installed()
     problems: list[tuple[str, str]] = []
     warnings: list[str] = []
     for node_id in spec.nodes:
@@ -167,10 +126,17 @@ def compile_flow(spec: FlowSpec, registry: ProviderRegistry) -> Flow:
             problems.append((f"nodes.{node_id}", f"duplicate id {node_id!r}: already an input"))
     known = set(spec.inputs) | set(spec.nodes)
 
+    kinds: dict[str, NodeType[Any]] = {}
     deps: dict[str, tuple[str, ...]] = {}
     templates: dict[str, dict[str, Template]] = {}
     for node_id, node_spec in spec.nodes.items():
-        templates[node_id] = _templates(node_spec)
+        try:
+            kinds[node_id] = kind = types.get(node_spec.type)
+        except ConfigError as exc:  # parsed with node types this registry does not have
+            problems.append((f"nodes.{node_id}.type", exc.message))
+            deps[node_id] = ()
+            continue
+        templates[node_id] = _templates(node_spec, kind)
         refs: list[str] = []
         for field_name, template in templates[node_id].items():
             for name in template.names:
@@ -201,45 +167,47 @@ def compile_flow(spec: FlowSpec, registry: ProviderRegistry) -> Flow:
         if spec.chat.output is not None and spec.chat.output not in spec.outputs:
             problems.append(("chat.output", f"unknown output {spec.chat.output!r}"))
 
-    models: dict[str, str | None] = {}
-    options: dict[str, dict[str, Any]] = {}
-    base_urls: dict[str, str | None] = {}
-    for node_id, node_spec in spec.nodes.items():
-        if isinstance(node_spec, LLMNodeSpec):
-            p, w, models[node_id], options[node_id], base_urls[node_id] = _check_llm(
-                node_id, node_spec, registry
-            )
-            problems += p
-            warnings += w
+    compiled: dict[str, Compiled] = {}
+    for node_id, kind in kinds.items():
+        ctx = CompileContext(node_id, registry, problems, warnings)
+        compiled[node_id] = kind.compile(spec.nodes[node_id], ctx)
 
     if problems:
         raise FlowValidationError(problems)
-    nodes = {
+    flow_nodes = {
         node_id: Node(
             id=node_id,
-            spec=node_spec,
+            spec=spec.nodes[node_id],
+            kind=kind,
             deps=deps[node_id],
             templates=templates[node_id],
-            model=models.get(node_id),
-            provider=(node_spec.provider or registry.default)
-            if isinstance(node_spec, LLMNodeSpec)
-            else None,
-            options=options.get(node_id, {}),
-            base_url=base_urls.get(node_id),
+            provider=compiled[node_id].provider,
+            model=compiled[node_id].model,
+            options=compiled[node_id].options,
+            data=compiled[node_id].data,
         )
-        for node_id, node_spec in spec.nodes.items()
+        for node_id, kind in kinds.items()
     }
     prompt_checked = tuple(
         node_id
-        for node_id, node in nodes.items()
-        if node.is_llm
-        and not node.deps
-        and registry.provider_class(node.provider or registry.default).checks_prompts
+        for node_id, node in flow_nodes.items()
+        if compiled[node_id].prechecked and not node.deps
     )
     return Flow(
         spec=spec,
-        nodes=nodes,
+        nodes=flow_nodes,
         order=order,
         warnings=tuple(warnings),
         prompt_checked=prompt_checked,
     )
+
+
+async def check_flow(flow: Flow, org_id: str, services: Mapping[str, Any]) -> None:
+    """The node types' checks at publish that need I/O (:meth:`NodeType.check`), for
+    ``org_id``; ``services`` is what the composition root passes to node types. Raises
+    FlowValidationError listing their problems."""
+    problems: list[tuple[str, str]] = []
+    for node_id, node in flow.nodes.items():
+        await node.kind.check(node.spec, CheckContext(node_id, org_id, services, problems))
+    if problems:
+        raise FlowValidationError(problems)

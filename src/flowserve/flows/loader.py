@@ -7,9 +7,11 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from flowserve.errors import FlowValidationError
 from flowserve.flows.spec import FlowSpec
+from flowserve.nodes.registry import NodeRegistry, installed, unknown_type
 
 # libyaml's parser when PyYAML was built with it (the wheels are): parsing a 1 MB flow file
 # in pure Python took seconds.
@@ -117,25 +119,37 @@ def check_counts(data: dict[str, Any], max_nodes: int, max_outputs: int) -> None
         raise FlowValidationError(problems)
 
 
-def spec_from_data(data: Any) -> FlowSpec:
+def spec_from_data(data: Any, nodes: NodeRegistry | None = None) -> FlowSpec:
+    """The flow file's model, each node parsed by its type's spec (``nodes``: the registry of
+    node types; None: the installed ones)."""
+    registry = nodes or installed()
     try:
-        return FlowSpec.model_validate(data)
+        return registry.spec_model.model_validate(data)
     except ValidationError as exc:
-        problems = [(_loc(err["loc"]), err["msg"]) for err in exc.errors()]
+        tags = set(registry.types)
+        problems = [_problem(err, tags) for err in exc.errors()]
         raise FlowValidationError(problems) from None
 
 
-def _loc(loc: tuple[int | str, ...]) -> str:
-    parts = [str(p) for p in loc]
+def _problem(err: ErrorDetails, tags: set[str]) -> tuple[str, str]:
+    parts = [str(p) for p in err["loc"]]
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found") and parts[:1] == ["nodes"]:
+        # the node's ``type`` names no registered node type, or is missing
+        known = sorted(tags)
+        if err["type"] == "union_tag_not_found":
+            message = f"a node needs a type (known: {', '.join(known)})"
+        else:
+            message = unknown_type((err.get("ctx") or {}).get("tag"), known)
+        return ".".join([*parts, "type"]), message
     # pydantic puts the node type (the union's tag) in the path: nodes.b.llm.colour
-    if len(parts) > 3 and parts[0] == "nodes" and parts[2] in ("llm", "template"):
+    if len(parts) > 3 and parts[0] == "nodes" and parts[2] in tags:
         del parts[2]
-    return ".".join(parts) or "flow"
+    return ".".join(parts) or "flow", err["msg"]
 
 
-def parse_flow_text(text: str) -> FlowSpec:
-    return spec_from_data(parse_flow_data(text))
+def parse_flow_text(text: str, nodes: NodeRegistry | None = None) -> FlowSpec:
+    return spec_from_data(parse_flow_data(text), nodes)
 
 
-def load_flow_file(path: str | Path) -> FlowSpec:
-    return parse_flow_text(Path(path).read_text(encoding="utf-8"))
+def load_flow_file(path: str | Path, nodes: NodeRegistry | None = None) -> FlowSpec:
+    return parse_flow_text(Path(path).read_text(encoding="utf-8"), nodes)

@@ -1,10 +1,18 @@
-"""The flow file format, as pydantic models. Structure only; graph checks live in graph.py."""
+"""The flow file format, as pydantic models. Structure only; graph checks live in graph.py.
+
+The fields of each node are its type's (``flowserve.nodes``): :class:`FlowSpec` declares
+``nodes`` as the base :class:`NodeSpec`, and :func:`flow_spec_model` makes the model a
+registry parses with, whose nodes are a union of its types' specs tagged by ``type``.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Sequence
+from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
+
+from flowserve.nodes.base import NodeSpec
 
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$", max_length=64)]
 
@@ -16,44 +24,6 @@ class _Strict(BaseModel):
 class InputSpec(_Strict):
     description: str = ""
     default: str | None = None
-
-
-class MemorySpec(_Strict):
-    """Conversation memory keyed by the request's ``user_id``: the last ``window`` exchanges."""
-
-    window: int = Field(default=10, ge=1, le=200)
-
-
-class LLMNodeSpec(_Strict):
-    type: Literal["llm"]
-    provider: str | None = None  # None: the server's default provider (settings)
-    model: str | None = None
-    system: str | None = None
-    prompt: str
-    memory: MemorySpec | None = None
-    api_key_env: str | None = None
-    base_url: str | None = None
-    # Per-node time limits in seconds (the server's first_token_timeout / node_timeout
-    # otherwise): until the first token, and for the whole call.
-    first_token_timeout: float | None = Field(default=None, gt=0, le=3600)
-    timeout: float | None = Field(default=None, gt=0, le=86400)
-    # Generation options. Which ones a provider supports is checked against its Options.
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: list[str] | None = None
-
-    def options(self) -> dict[str, Any]:
-        names = ("max_tokens", "temperature", "top_p", "stop")
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
-
-
-class TemplateNodeSpec(_Strict):
-    type: Literal["template"]
-    template: str
-
-
-NodeSpec = Annotated[LLMNodeSpec | TemplateNodeSpec, Field(discriminator="type")]
 
 
 class FlowLimits(_Strict):
@@ -82,3 +52,14 @@ class FlowSpec(_Strict):
     outputs: dict[Identifier, Identifier]
     limits: FlowLimits | None = None
     chat: ChatSpec | None = None
+
+
+def flow_spec_model(specs: Sequence[type[NodeSpec]]) -> type[FlowSpec]:
+    """A :class:`FlowSpec` whose nodes are parsed by their ``type`` into one of ``specs``
+    (pydantic's discriminated union: an unknown or missing type is one error at the node)."""
+    node: Any = Annotated[Union[tuple(specs)], Field(discriminator="type")]  # noqa: UP007
+    return create_model(
+        "FlowSpec",
+        __base__=FlowSpec,
+        nodes=(dict[Identifier, node], Field(default_factory=dict)),
+    )

@@ -8,6 +8,12 @@ never holds one. The slot is released when the run's response ends, however it e
 (completion, failure, stop, client gone): :class:`SlotResponse` for streams,
 ``try``/``finally`` for blocking runs.
 
+A run request's rate and slot are counted at once, by :meth:`Limits.admit` (one round trip
+with Redis), so the edge does not count the rate of routes that start runs: their handler
+calls ``admit`` when the request is good, and :meth:`Limits.count_request` when it ends
+without a run (refused: 404/413/422, which count against the rate as before, or answered
+otherwise, e.g. a resumed stream).
+
 **Browser access (CORS)** is decided per key. Public keys live in browser code; each lists the
 origins allowed to use it (``allowed_origins``; empty = server-to-server only, ``*`` = any
 site). Starlette's CORSMiddleware cannot decide per key, so the decision is split in two:
@@ -28,19 +34,19 @@ of a network error it would retry forever. That discloses nothing: error bodies 
 and the API takes no cookies (never ``Allow-Credentials``), so there is no ambient authority
 for CORS to guard. What ``allowed_origins`` guards is a key's use from other sites' pages.
 
-**Limits** are counted in this process: the rate as a token bucket per key holding a minute's
-worth (``rate_limit_per_minute`` of the key, else of the server; 0 turns it off), runs in
-flight per key (``max_concurrent_runs_per_key``) and in the process
-(``max_concurrent_runs``), all refused at once with ``Retry-After``, never queued. Several
-processes behind one load balancer each count their own share (a later issue moves the
-counters to Redis).
+**Limits**: the rate as a token bucket per key holding a minute's worth
+(``rate_limit_per_minute`` of the key, else of the server; 0 turns it off), runs in flight
+per key (``max_concurrent_runs_per_key``) and in all (``max_concurrent_runs``), all refused
+at once with ``Retry-After``, never queued. They are counted by the cluster
+(``flowserve.cluster``): in this process alone, synchronously, in the embedded default; in
+Redis for all processes at once when they share it (and by each process alone while Redis is
+unreachable).
 """
 
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +56,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from flowserve.auth import Principal
+from flowserve.cluster.base import Admission, Cluster
+from flowserve.cluster.local import LocalCluster
 from flowserve.config import Settings
 from flowserve.errors import ForbiddenError, LimitError
 from flowserve.http.access import note
@@ -115,11 +123,13 @@ async def admit(
     request: Request,
     authorization: str | None,
     org: str | None,  # None: a route naming no org takes a key of any org
+    count_rate: bool = True,  # False: a run route, counted by Limits.admit (module doc)
 ) -> Caller:
     principal = await services.authenticate(authorization, org)
     note(request.scope, key_id=principal.key_id)
     headers = check_origin(principal, request.headers.get("origin"))
-    limits.check_rate(principal)
+    if count_rate and (pending := limits.check_rate(principal)) is not None:
+        await pending
     return Caller(principal, headers)
 
 
@@ -142,98 +152,87 @@ class SlotResponse(Response):
             note(scope, status=self.inner.status_code, run_id=run.id if run else None)
 
 
-CONCURRENCY_RETRY_AFTER = 1.0  # seconds: we cannot know when a slot frees; runs are short
-
-
-class TokenBuckets:
-    """One bucket per key id: ``(tokens, last refill)``; a bucket holds a minute's worth."""
-
-    MAX_BUCKETS = 100_000
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, key_id: str, per_minute: int) -> float:
-        """Take one token: 0.0 when there was one, else the seconds until there will be."""
-        now = self.clock()
-        rate = per_minute / 60.0
-        tokens, at = self._buckets.get(key_id, (float(per_minute), now))
-        tokens = min(float(per_minute), tokens + (now - at) * rate)
-        if tokens >= 1.0:
-            self._buckets[key_id] = (tokens - 1.0, now)
-            return 0.0
-        self._buckets[key_id] = (tokens, now)
-        return (1.0 - tokens) / rate
-
-    def prune(self) -> None:
-        """Forget buckets idle for over a minute: they are full again anyway."""
-        if len(self._buckets) > self.MAX_BUCKETS:
-            now = self.clock()
-            self._buckets = {k: v for k, v in self._buckets.items() if now - v[1] < 60.0}
-
-
 class Slot:
-    """One run in flight, counted against its key and the server until released."""
+    """One run in flight, counted against its key and in all until released."""
 
-    __slots__ = ("_key_id", "_limits")
+    __slots__ = ("_cluster", "_key_id", "_slot_id")
 
-    def __init__(self, limits: Limits, key_id: str) -> None:
-        self._limits: Limits | None = limits
+    def __init__(self, cluster: Cluster, key_id: str, slot_id: str) -> None:
+        self._cluster: Cluster | None = cluster
         self._key_id = key_id
+        self._slot_id = slot_id
 
     def release(self) -> None:
-        limits, self._limits = self._limits, None
-        if limits is not None:
-            limits._release(self._key_id)
+        """Never waits (with Redis, the slot is given back in the background)."""
+        cluster, self._cluster = self._cluster, None
+        if cluster is not None:
+            cluster.release(self._key_id, self._slot_id)
 
 
 class Limits:
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, settings: Settings, cluster: Cluster | None = None) -> None:
         self.default_per_minute = settings.rate_limit_per_minute
         self.max_per_key = settings.max_concurrent_runs_per_key
         self.max_total = settings.max_concurrent_runs
-        self.buckets = TokenBuckets(clock)
-        self.in_flight: dict[str, int] = {}  # key id -> runs
-        self.total = 0
+        self.cluster: Cluster = cluster or LocalCluster()
 
-    def check_rate(self, principal: Principal) -> None:
-        """Count one request against the key's rate; LimitError (429) when over it."""
+    def _per_minute(self, principal: Principal) -> int:
         per_minute = principal.rate_limit_per_minute
-        if per_minute is None:
-            per_minute = self.default_per_minute
+        return self.default_per_minute if per_minute is None else per_minute
+
+    def check_rate(self, principal: Principal) -> Awaitable[None] | None:
+        """Count one request against the key's rate; LimitError (429) when over it. Decided
+        at once (None) when counted in this process, else an awaitable that decides."""
+        per_minute = self._per_minute(principal)
         if per_minute <= 0:
-            return
-        wait = self.buckets.take(principal.key_id, per_minute)
-        if wait > 0:
-            raise LimitError(
+            return None
+        decided = self.cluster.admit_now(principal.key_id, per_minute, 0, 0, False)
+        if decided is None:
+            return self._count_shared(principal.key_id, per_minute)
+        if decided[0] != "ok":
+            raise self._refusal(decided, per_minute)
+        return None
+
+    async def _count_shared(self, key_id: str, per_minute: int) -> None:
+        decided = await self.cluster.admit(key_id, per_minute, 0, 0, False)
+        if decided[0] != "ok":
+            raise self._refusal(decided, per_minute)
+
+    async def count_request(self, principal: Principal) -> None:
+        """:meth:`check_rate`, for a run route's request that ends without :meth:`admit`
+        (refused, or answered without a new run)."""
+        pending = self.check_rate(principal)
+        if pending is not None:
+            await pending
+
+    async def admit(self, principal: Principal) -> Slot:
+        """Count the request against the key's rate and take a run slot, at once (429 rate
+        or per key, 503 in all)."""
+        key_id, per_minute = principal.key_id, self._per_minute(principal)
+        cluster = self.cluster
+        decided = cluster.admit_now(key_id, per_minute, self.max_per_key, self.max_total, True)
+        if decided is None:
+            decided = await cluster.admit(
+                key_id, per_minute, self.max_per_key, self.max_total, True
+            )
+        if decided[0] != "ok":
+            raise self._refusal(decided, per_minute)
+        return Slot(cluster, key_id, decided[2])
+
+    def _refusal(self, decided: Admission, per_minute: int) -> LimitError:
+        verdict, wait, _ = decided
+        if verdict == "rate":
+            return LimitError(
                 f"rate limit exceeded: {per_minute} requests per minute for this API key",
                 retry_after=wait,
             )
-        self.buckets.prune()
-
-    def acquire(self, principal: Principal) -> Slot:
-        """A run slot for the key; LimitError (429 per key, 503 server) when none is free."""
-        key_id = principal.key_id
-        if self.in_flight.get(key_id, 0) >= self.max_per_key:
-            raise LimitError(
+        if verdict == "key":
+            return LimitError(
                 f"too many runs in flight for this API key (limit {self.max_per_key})",
-                retry_after=CONCURRENCY_RETRY_AFTER,
+                retry_after=wait,
             )
-        if self.total >= self.max_total:
-            raise LimitError(
-                f"server busy: too many runs in flight (limit {self.max_total})",
-                retry_after=CONCURRENCY_RETRY_AFTER,
-                status=503,
-            )
-        self.in_flight[key_id] = self.in_flight.get(key_id, 0) + 1
-        self.total += 1
-        return Slot(self, key_id)
-
-    def _release(self, key_id: str) -> None:
-        self.total -= 1
-        left = self.in_flight[key_id] - 1
-        if left:
-            self.in_flight[key_id] = left
-        else:
-            del self.in_flight[key_id]
+        return LimitError(
+            f"server busy: too many runs in flight (limit {self.max_total})",
+            retry_after=wait,
+            status=503,
+        )

@@ -70,9 +70,14 @@ class FlowserveApp(Starlette):
             async with services.instances.alive(*SHUTDOWN), anyio.create_task_group() as group:
                 # The caches of keys and flows refresh ahead of expiry in this group.
                 services.key_cache.spawn = services.flows.latest.spawn = group.start_soon
+                # What the processes share (Redis: limits, stops, invalidations), its
+                # listeners in this group too.
+                await services.start_cluster(group.start_soon)
+                # Files to index (knowledge bases), and those other processes left pending.
+                group.start_soon(services.knowledge.ingest.run)
                 self.http = HttpState(
                     services,
-                    Limits(settings),
+                    Limits(settings, services.cluster),
                     SetupGate(settings.max_concurrent_setups),
                     metrics_registry(services),
                 )

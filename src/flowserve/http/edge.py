@@ -136,6 +136,7 @@ class Edge:
                     request,
                     _authorization(scope),
                     args.get("org"),
+                    count_rate=not route.starts_run,  # a run's rate: with its slot
                 )
                 if route.key == "private" and not caller.principal.is_private:
                     raise ForbiddenError(f"a private API key is needed to {route.action}")

@@ -33,6 +33,7 @@ from flowserve.errors import (
     NotFoundError,
     ParameterError,
     PayloadTooLargeError,
+    UnsupportedMediaTypeError,
 )
 from flowserve.http.accept import prefers_event_stream
 from flowserve.http.access import note
@@ -51,6 +52,8 @@ def status_for(exc: FlowserveError) -> int:
         return 404
     if isinstance(exc, PayloadTooLargeError):
         return 413
+    if isinstance(exc, UnsupportedMediaTypeError):
+        return 415
     if isinstance(exc, InputError | FlowValidationError):
         return 422
     if isinstance(exc, LimitError):
@@ -59,7 +62,7 @@ def status_for(exc: FlowserveError) -> int:
 
 
 def detail_for(exc: FlowserveError) -> Any:
-    if isinstance(exc, PayloadTooLargeError):
+    if isinstance(exc, PayloadTooLargeError | UnsupportedMediaTypeError):
         return exc.message
     if isinstance(exc, ParameterError):
         return [{"loc": list(loc), "msg": msg, "type": kind} for loc, msg, kind in exc.problems]

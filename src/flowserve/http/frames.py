@@ -34,7 +34,10 @@ class Encoder:
         self.run = run
         self.delta = delta
         self.sse = sse
-        self.seq = 0
+        # How many of the run's events (its log, flowserve.runs._log) the frames so far
+        # cover: each SSE frame's id is "<run_id>:<position>", which a client that lost its
+        # connection sends back as last-event-id to resume after it (contract 2.5).
+        self.position = 0
         self.outputs_from = run.flow.outputs.items()
         self.node_outputs: dict[str, list[str]] = {}
         for out_id, source in run.flow.outputs.items():
@@ -49,8 +52,7 @@ class Encoder:
             data = _LINE_BREAKS.sub(_escape_break, data)
         if not self.sse:
             return data + b"\n"
-        self.seq += 1
-        return b"id: %s:%d\ndata: %s\n\n" % (self.run.id.encode(), self.seq, data)
+        return b"id: %s:%d\ndata: %s\n\n" % (self.run.id.encode(), self.position, data)
 
     def first(self) -> bytes:
         # Node outputs start "": whatever a node has produced by now (a template node
@@ -159,10 +161,13 @@ class EnvelopeEncoder(Encoder):
         }
 
     def final(self, final: RunFinished) -> bytes:
-        outputs = self.outputs_now()
-        return self.frame(
-            self.payload(outputs, final.state, final.error, metadata(self.run, final))
-        )
+        run = self.run
+        meta = metadata(run, final)
+        payload = envelope(
+            run, self.outputs_now(), final.state, final.error, meta, self.progress(),
+            run.citations(),
+        )  # fmt: skip
+        return self.frame(payload)
 
 
 def metadata(run: Run, final: RunFinished) -> dict[str, Any]:
@@ -195,7 +200,10 @@ def envelope(
     error: str | None,
     meta: Any,
     progress: dict[str, Any] | None,
+    citations: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """The v0 run envelope. ``citations`` only in the last one (the run's, contract 3.7):
+    every other frame carries []."""
     return {
         "outputs": outputs,
         "run_id": run.id,
@@ -203,6 +211,6 @@ def envelope(
         "error": error,
         "metadata": meta,
         "progress_data": progress,
-        "citations": [],
+        "citations": citations or [],
         "pause": None,
     }

@@ -185,7 +185,8 @@ def summary(run: RunSummary) -> dict[str, Any]:
 def record(row: Run) -> dict[str, Any]:
     """A run's whole record: what it was given and produced, how it ended, its usage per
     node and in all, and when each node ran (``nodes``: {} for runs recorded before that
-    was kept)."""
+    was kept), and what its retrieving nodes found (``citations``, ``retrievals``: [] for runs
+    without, or recorded before they were kept)."""
     shown = summary(summarize(row))
     return {
         "run_id": row.id,
@@ -202,6 +203,8 @@ def record(row: Run) -> dict[str, Any]:
         "usage": row.usage or {},
         "usage_total": shown["usage_total"],
         "nodes": row.nodes or {},
+        "citations": row.citations or [],
+        "retrievals": row.retrievals or [],
         "timings": shown["timings"],
         "created_at": shown["created_at"],
         "finished_at": shown["finished_at"],

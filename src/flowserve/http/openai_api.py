@@ -25,7 +25,7 @@ from typing import Any, cast
 
 from starlette.responses import Response
 
-from flowserve.errors import InputError, NotFoundError
+from flowserve.errors import FlowserveError, InputError, NotFoundError
 from flowserve.events import Event, NodeDelta, RunFinished
 from flowserve.flows.service import LoadedFlow
 from flowserve.http._openai_shapes import (
@@ -157,11 +157,15 @@ async def _prepare(call: Call) -> tuple[ChatRequest, LoadedFlow, dict[str, str]]
 
 
 async def chat_completions(call: Call) -> Response:
-    body, loaded, inputs = await _prepare(call)
     http, caller = call.http, call.admitted
+    try:
+        body, loaded, inputs = await _prepare(call)
+    except FlowserveError:  # refused: it counts against the rate all the same
+        await http.limits.count_request(caller.principal)
+        raise
     services = http.services
     _, output = loaded.flow.chat_pair
-    slot = http.limits.acquire(caller.principal)  # last: a refused request holds no slot
+    slot = await http.limits.admit(caller.principal)  # rate and slot, last: a refusal holds none
     created = int(time.time())
     if body.stream:
         try:

@@ -67,6 +67,7 @@ REASONS = {
     404: "unknown flow, version or run",
     413: "request body too large",
     414: "URL too long",
+    415: "unsupported file type (uploads)",
     422: "invalid parameters or body",
     429: "rate or per-key concurrency limit",
     431: "request headers too large",

@@ -20,6 +20,8 @@ The names, which ``dashboards/grafana/flowserve.json`` queries (tests/test_dashb
   that completed with at least one
 - ``flowserve_run_duration_seconds{flow,state}``: from the request accepted to the run's end
 - ``flowserve_run_record_write_failures_total``
+- ``flowserve_event_log_write_failures_total``: run events dropped from the shared event log
+  (Redis unreachable)
 """
 
 from __future__ import annotations
@@ -94,6 +96,11 @@ class _RunCollector(Collector):
             "Run records that could not be written after retrying (lost)",
             value=runs.store.writer.failed_writes,
         )
+        yield CounterMetricFamily(
+            "flowserve_event_log_write_failures",
+            "Run events not written to the shared event log (Redis unreachable)",
+            value=self.services.cluster.write_failures,
+        )
         yield GaugeMetricFamily(
             "flowserve_streams_open", "Streaming responses open", value=metrics.streams_open
         )
@@ -158,15 +165,29 @@ def _json(payload: object, status: int = 200) -> Response:
 
 async def healthz(call: Call) -> Response:
     """503 while draining (a load balancer takes the instance out) or when a run record was
-    lost lately (the database refuses writes: the records are incomplete)."""
+    lost lately (the database refuses writes: the records are incomplete). Redis unreachable
+    is 200 ``{"status": "degraded", "redis": "unreachable"}``: the process still serves, with
+    limits counted per process, and a 503 would take every process out at once. The
+    ``x-flowserve-instance`` header names the process that answered (its instance id), for
+    several behind one port (``serve --workers``) or a load balancer."""
     services = call.http.services
+    response = _health(services)
+    response.headers["x-flowserve-instance"] = services.instances.id
+    return response
+
+
+def _health(services: Services) -> Response:
     if services.runs.draining:
         return _json({"status": "draining"}, 503)
     writer = services.runs.store.writer
     if not writer.healthy(RECORD_FAILURE_WINDOW):
         problem = f"run records could not be written ({writer.last_failure_error})"
         return _json({"status": "degraded", "problem": problem}, 503)
-    return _json({"status": "ok"})
+    cluster = services.cluster.status()
+    if cluster["backend"] == "local":
+        return _json({"status": "ok"})
+    status = "ok" if cluster["state"] == "ok" else "degraded"
+    return _json({"status": status, cluster["backend"]: cluster["state"]})
 
 
 async def metrics(call: Call) -> Response:

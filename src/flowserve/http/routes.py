@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from flowserve.http import flows, history, openai_api, ops, runs, ui
+from flowserve.http import documents, flows, history, keys, knowledge, openai_api, ops, runs, ui
 from flowserve.http._openai_shapes import CHAT_BODY
 from flowserve.http.body import RUN_BODY
 from flowserve.http.routing import Param, Route, RouteTable
@@ -36,6 +36,20 @@ SSE = ("text/event-stream",)
 
 # A route that starts a run: any key of the org, callable from browsers, logged.
 _run = partial(Route, starts_run=True, browser=True, logged=True, body=RUN_BODY)
+# Knowledge bases and per-user documents: a private key, logged.
+_kb = partial(
+    Route, tags=("knowledge-bases",), key="private", action="use knowledge bases",
+    browser=True, logged=True,
+)  # fmt: skip
+_docs = partial(
+    Route, tags=("documents",), key="private", action="use per-user documents",
+    browser=True, logged=True,
+)  # fmt: skip
+KB_ID, RESOURCE_ID = knowledge.KB_ID, knowledge.RESOURCE_ID
+KB_PATH = "/v1/knowledge-bases/{knowledge_base_id}"
+RESOURCE_PATH = f"{KB_PATH}/resources/{{resource_id}}"
+DOCS_PATH = "/documents/{org}/{flow_id}/{node_id}/{user_id}"
+DOCS_PARAMS = (ORG, FLOW, documents.NODE, documents.USER)
 
 
 ROUTES = [
@@ -142,6 +156,29 @@ ROUTES = [
         logged=True,
     ),
     Route(
+        "DELETE",
+        "/v1/orgs/{org}/keys/{key_id}",
+        keys.revoke_key,
+        "Revoke an API key of the org, at once on every process",
+        tags=("keys",),
+        params=(
+            ORG,
+            Param(
+                "key_id",
+                where="path",
+                description="the key's id: the part after fs-pub- or fs-priv-",
+                min_length=1,
+                max_length=MAX_ID,
+            ),
+        ),
+        key="private",
+        action="revoke API keys",
+        browser=True,
+        logged=True,
+        errors=(404,),
+        description=keys.revoke_key.__doc__ or "",
+    ),
+    Route(
         "GET",
         "/v1/orgs/{org}/runs",
         history.list_runs,
@@ -168,6 +205,160 @@ ROUTES = [
         browser=True,
         logged=True,
         errors=(404,),
+    ),
+    # Knowledge bases (flowserve.http.knowledge) on Stack AI's v1 paths: a private key, its
+    # org's KBs only (another org's: 404, as an unknown one)
+    _kb(
+        "GET",
+        "/v1/knowledge-bases",
+        knowledge.list_knowledge_bases,
+        "List the org's knowledge bases, newest first (header x-next-cursor: the next page)",
+        params=(knowledge.CURSOR, knowledge.page_size(1000), knowledge.DIRECTION),
+    ),
+    _kb(
+        "POST",
+        "/v1/knowledge-bases",
+        knowledge.create_knowledge_base,
+        "Create a knowledge base",
+        ok=(201,),
+        body=knowledge.CREATE_BODY,
+        errors=(413,),
+    ),
+    _kb(
+        "GET",
+        KB_PATH,
+        knowledge.get_knowledge_base,
+        "A knowledge base",
+        params=(KB_ID,),
+        errors=(404,),
+    ),
+    _kb(
+        "PATCH",
+        KB_PATH,
+        knowledge.update_knowledge_base,
+        "Update a knowledge base (new indexing parameters re-index its files)",
+        params=(KB_ID,),
+        body=knowledge.UPDATE_BODY,
+        errors=(404, 413),
+    ),
+    _kb(
+        "DELETE",
+        KB_PATH,
+        knowledge.delete_knowledge_base,
+        "Delete a knowledge base with its files",
+        params=(KB_ID,),
+        ok=(204,),
+        content=(),
+        errors=(404,),
+    ),
+    _kb(
+        "POST",
+        f"{KB_PATH}/sync",
+        knowledge.sync_knowledge_base,
+        "Index again every file that is not indexed",
+        params=(KB_ID,),
+        ok=(202,),
+        errors=(404,),
+    ),
+    _kb(
+        "GET",
+        f"{KB_PATH}/resources",
+        knowledge.list_resources,
+        "The knowledge base's files with their status, newest first",
+        params=(KB_ID, knowledge.CURSOR, knowledge.page_size(100), knowledge.DIRECTION),
+        errors=(404,),
+    ),
+    _kb(
+        "POST",
+        f"{KB_PATH}/resources",
+        knowledge.upload_resource,
+        "Upload a file (multipart part 'file'); it is indexed in the background",
+        params=(KB_ID,),
+        ok=(202,),
+        body=knowledge.UPLOAD_BODY,
+        errors=(404, 413, 415),
+    ),
+    _kb(
+        "GET",
+        RESOURCE_PATH,
+        knowledge.get_resource,
+        "A file and its indexing status",
+        params=(KB_ID, RESOURCE_ID),
+        errors=(404,),
+    ),
+    _kb(
+        "DELETE",
+        RESOURCE_PATH,
+        knowledge.delete_resource,
+        "Delete a file: it leaves search at once",
+        params=(KB_ID, RESOURCE_ID),
+        ok=(204,),
+        content=(),
+        errors=(404,),
+    ),
+    _kb(
+        "GET",
+        f"{RESOURCE_PATH}/file",
+        knowledge.download_resource,
+        "Download a file's original",
+        params=(KB_ID, RESOURCE_ID),
+        content=knowledge.DOWNLOADS,
+        errors=(404,),
+    ),
+    _kb(
+        "POST",
+        f"{KB_PATH}/search",
+        knowledge.search_knowledge_base,
+        "Search a knowledge base (keyword: the database's full-text index)",
+        params=(KB_ID,),
+        body=knowledge.SEARCH_BODY,
+        errors=(404, 413),
+    ),
+    # Per-user documents (flowserve.http.documents): a private key of the path's org
+    _docs(
+        "GET",
+        DOCS_PATH,
+        documents.list_documents,
+        "A user's file names, oldest first",
+        params=DOCS_PARAMS,
+        errors=(404,),
+    ),
+    _docs(
+        "POST",
+        DOCS_PATH,
+        documents.upload_document,
+        "Upload a user's file (multipart part 'file'): indexed before the answer",
+        params=DOCS_PARAMS,
+        body=knowledge.UPLOAD_BODY,
+        errors=(404, 413, 415),
+    ),
+    _docs(
+        "DELETE",
+        DOCS_PATH,
+        documents.delete_document,
+        "Delete a user's file",
+        params=(*DOCS_PARAMS, documents.FILENAME),
+        errors=(404,),
+    ),
+    _docs(
+        "GET",
+        f"{DOCS_PATH}/file",
+        documents.download_document,
+        "Download a user's file",
+        params=(*DOCS_PARAMS, documents.FILENAME),
+        content=knowledge.DOWNLOADS,
+        errors=(404,),
+    ),
+    *(
+        _docs(
+            method,
+            "/documents/{org}/{flow_id}/{node_id}/",
+            documents.refuse_empty_user,
+            "(no user_id: 422)",
+            params=DOCS_PARAMS[:3],
+            documented=False,
+        )
+        for method in ("GET", "POST", "DELETE")
     ),
     # A flow's pages (flowserve.http.ui): the same files for every flow, no key; the page
     # then reads the flow's interface with the key its user gives.

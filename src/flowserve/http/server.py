@@ -55,6 +55,7 @@ import asyncio
 import gc
 import logging
 import socket
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -62,6 +63,8 @@ import orjson
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from flowserve.config import Settings
+from flowserve.http.app import create_app
 from flowserve.runs.service import RunService
 
 log = logging.getLogger("flowserve.http")
@@ -152,11 +155,18 @@ def protocol_class(header_timeout: float) -> type[HeaderTimeoutProtocol]:
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn's server with the drain above run between the signal and its own shutdown."""
+    """uvicorn's server with the drain above run between the signal and its own shutdown.
+    ``on_started`` is called once the app has started (a worker tells its supervisor)."""
 
-    def __init__(self, config: uvicorn.Config, drain_seconds: float) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        drain_seconds: float,
+        on_started: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(config)
         self.drain_seconds = drain_seconds
+        self.on_started = on_started
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Runs in the signal handler: only set the flag, so the very next request sees it.
@@ -169,6 +179,8 @@ class DrainingServer(uvicorn.Server):
         await super().startup(sockets)
         if self.started:  # the app's lifespan has run: modules, models, state all made
             tune_gc()
+            if self.on_started is not None:
+                self.on_started()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         runs = _runs(self.config.app)
@@ -183,3 +195,25 @@ class DrainingServer(uvicorn.Server):
             if stopped:
                 log.warning("drain over: stopped %d run(s)", stopped)
         await super().shutdown(sockets)
+
+
+def serve(
+    settings: Settings,
+    sockets: list[socket.socket] | None = None,
+    on_started: Callable[[], None] | None = None,
+) -> bool:
+    """Serve until a signal (and the drain) ends it, on ``settings.host``/``port`` or on
+    ``sockets`` already bound (a worker's); False if the app failed to start."""
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http=protocol_class(settings.header_timeout),  # httptools, with a header timeout
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=GRACE,  # after the drain (settings.drain_seconds)
+    )
+    server = DrainingServer(config, settings.drain_seconds, on_started)
+    server.run(sockets)
+    return server.started

@@ -92,6 +92,7 @@ class RunStreamResponse(Response):
         extra_headers: list[tuple[bytes, bytes]] | None = None,
         coalesce: bool = True,
         gate: SetupGate | None = None,
+        grace: float = 0.0,
     ) -> None:
         self.run = run
         self.encoder = encoder
@@ -109,6 +110,12 @@ class RunStreamResponse(Response):
         self._started = False
         self._cancel: anyio.CancelScope | None = None  # around the relay; the watcher's to use
         self._watcher: asyncio.Task[None] | None = None
+        # A client that leaves does not end the run at once: it stays ``grace`` seconds for
+        # the client to resume it (contract 2.5); meanwhile this relay goes on taking its
+        # events (into the run's log) and writes nothing.
+        self.grace = grace
+        self._gone = False
+        self._attached = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # /metrics' flowserve_streams_open: from here to the end, however it ends (a client
@@ -148,6 +155,8 @@ class RunStreamResponse(Response):
             )
 
     async def _write(self, data: bytes) -> None:
+        if self._gone:
+            return
         assert self._send is not None
         async with self._lock:  # asyncio.Lock: no loop round-trip when uncontended
             await self._send({"type": "http.response.body", "body": data, "more_body": True})
@@ -161,15 +170,19 @@ class RunStreamResponse(Response):
             await asyncio.sleep(0)
             if self._setup_done is not None:  # set-up over: let the next stream's begin
                 self._setup_done()
+            run.attach()
+            self._attached = True
             self._watch_soon()
             await self._start_response()
             await self._write(encoder.first())
             receive = run.receive_nowait
             coalesce = self.coalesce
+            log = run.log
             async for event in run.events():
                 batch = [event]
                 if coalesce:  # whatever arrived while we were writing goes into this frame
                     batch.extend(receive())
+                encoder.position = len(log)  # the events observed so far: this frame's id
                 data = encoder.batch(batch)
                 if data:
                     await self._write(data)
@@ -178,6 +191,7 @@ class RunStreamResponse(Response):
         # Only reached when the run was stopped from outside (stop request, shutdown):
         # it was recorded CANCELLED with the reason; tell the client before ending.
         if run.final is not None and not encoder.finished:
+            encoder.position = len(run.log)
             await self._write(encoder.batch([run.final]) or b"")
 
     def _watch_soon(self) -> None:
@@ -215,8 +229,30 @@ class RunStreamResponse(Response):
             except TimeoutError:
                 pass
             if message is not None and message["type"] == "http.disconnect":
-                run_id = self.run.id
-                log.info("client disconnected; cancelling run %s", run_id, extra={"run_id": run_id})
-                assert self._cancel is not None
-                self._cancel.cancel()
+                self._left()
                 return
+
+    def _left(self) -> None:
+        """The client is gone: write nothing more, and let the run know (it is cancelled
+        now, or after the grace if no client resumes it)."""
+        run_id = self.run.id
+        self._gone = True
+        if self.grace > 0:
+            log.info(
+                "client disconnected; run %s kept %.3gs for it to resume",
+                run_id,
+                self.grace,
+                extra={"run_id": run_id},
+            )
+        else:
+            log.info("client disconnected; cancelling run %s", run_id, extra={"run_id": run_id})
+        if self._attached:
+            self._attached = False
+            self.run.detach(self.grace)
+        if self.grace <= 0 or not self._attached_run:
+            assert self._cancel is not None
+            self._cancel.cancel()
+
+    # Whether the relay drives the run (the stream that started it): a resumed stream only
+    # follows, and ends when its client leaves.
+    _attached_run = True

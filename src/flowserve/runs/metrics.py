@@ -97,7 +97,7 @@ class RunMetrics:
         first: tuple[float, str] | None = None  # (started, provider) of the first LLM node
         for node_id, timing in run.node_timings().items():
             node = nodes[node_id]
-            if not node.is_llm:
+            if node.provider is None:  # not a node that calls a provider
                 continue
             provider = node.provider or "default"
             if first is None or timing["started_ms"] < first[0]:
@@ -115,7 +115,7 @@ class RunMetrics:
         if state == FAILED and final is not None and final.node_id is not None:
             failed = nodes.get(final.node_id)
             error_type = final.error_type or ""
-            if failed is not None and failed.is_llm and error_type in _provider_error_types():
+            if failed is not None and failed.provider and error_type in _provider_error_types():
                 self.provider_errors[(failed.provider or "default", error_type)] += 1
         duration = max((utcnow() - run.queued_at).total_seconds(), 0.0)
         observe(self.duration, (self._flow_label(run), state), self.DURATION_BUCKETS, duration)

@@ -32,14 +32,24 @@ from typing import TYPE_CHECKING, Any, cast
 
 import anyio
 
-from flowserve.events import Event, NodeCompleted, NodeDelta, NodeStarted, RunFinished
+from flowserve.cluster.base import EventLog
+from flowserve.events import (
+    Event,
+    NodeCompleted,
+    NodeDelta,
+    NodeResults,
+    NodeStarted,
+    RunFinished,
+)
 from flowserve.flows.service import LoadedFlow
 from flowserve.logs import run_id_var
-from flowserve.providers.base import Message
 from flowserve.runs._channel import Channel
+from flowserve.runs._log import RunLog
+from flowserve.runs._memory import BoundMemory
+from flowserve.runs._readers import Readers
+from flowserve.runs._saves import Saves
 from flowserve.runs.metrics import RunMetrics as RunMetrics  # re-exported (runs.service)
 from flowserve.store.database import utcnow
-from flowserve.store.memory import MemoryStore
 from flowserve.store.runs import CANCELLED, COMPLETED, FAILED, RUNNING
 
 if TYPE_CHECKING:
@@ -53,21 +63,6 @@ SHUTDOWN = ("server shutting down", "shutdown")  # why runs are stopped at the e
 LEFT = ("run cancelled", "cancelled")  # why a run ends whose consumer left (client gone)
 
 
-class _BoundMemory:
-    """The runner's Memory protocol over the store, for one (org, flow, user)."""
-
-    __slots__ = ("flow_id", "org_id", "store", "user_id")
-
-    def __init__(self, store: MemoryStore, org_id: str, flow_id: str, user_id: str) -> None:
-        self.store, self.org_id, self.flow_id, self.user_id = store, org_id, flow_id, user_id
-
-    async def load(self, node_id: str, window: int) -> list[Message]:
-        return await self.store.load(self.org_id, self.flow_id, node_id, self.user_id, window)
-
-    async def append(self, node_id: str, user: str, assistant: str) -> None:
-        await self.store.append(self.org_id, self.flow_id, node_id, self.user_id, user, assistant)
-
-
 class Run:
     # Slots: one of these lives per open stream (memory per held stream).
     __slots__ = (
@@ -77,8 +72,10 @@ class Run:
         "_inserted",
         "_nodes",
         "_parts",
+        "_readers",
         "_recorded",
         "_recorded_event",
+        "_saves",
         "_scope",
         "_service",
         "_writes",
@@ -87,9 +84,13 @@ class Run:
         "flow",
         "id",
         "inputs",
+        "is_replica",
         "key_id",
         "loaded",
+        "log",
         "queued_at",
+        "results",
+        "resumable",
         "started_at",
         "state",
         "usage",
@@ -103,8 +104,10 @@ class Run:
         inputs: Mapping[str, str],
         user_id: str | None,
         key_id: str | None,
+        sink: EventLog | None = None,
+        run_id: str | None = None,
     ) -> None:
-        self.id = uuid.uuid4().hex
+        self.id = run_id or uuid.uuid4().hex
         self.state = QUEUED
         self.loaded = loaded
         self.flow = loaded.flow
@@ -113,6 +116,8 @@ class Run:
         self.key_id = key_id  # the API key that started it (may stop it)
         self.final: RunFinished | None = None
         self.usage: dict[str, Any] = {}  # node id -> token counts
+        # node id -> its NodeResults (citations), in the order they came; None until one does
+        self.results: dict[str, NodeResults] | None = None
         self.queued_at = utcnow()
         self._clock = time.monotonic()  # when queued, for the per-node timings
         # node id -> [started, completed, cut short], monotonic seconds or None; filled per
@@ -133,6 +138,14 @@ class Run:
         self._inserted = False  # the RUNNING record is in the store
         self._recorded = False  # the outcome is in the store
         self._recorded_event: anyio.Event | None = None  # made only if someone waits
+        # Every event, for clients that resume (contract 2.5); and how many clients read
+        # the run now: when the last leaves, the run is kept ``resume_grace`` for one to
+        # come back, then cancelled.
+        self.log = RunLog(sink)
+        self.resumable = False  # streamed: kept findable after its end (RunService.ended)
+        self.is_replica = False  # a copy of another process's run (begin_replica)
+        self._readers = Readers(self, service.watched)
+        self._saves = Saves(self, service.save_interval)  # outputs saved while running
 
     # -- what the consumer reads -------------------------------------------------------
 
@@ -167,6 +180,24 @@ class Run:
             }
         return timings
 
+    def citations(self) -> list[dict[str, Any]]:
+        """The citations of the run's retrieving nodes (contract 3.7): in the flow's graph
+        order, then as each node numbered them; [] when none (a node with ``citations:
+        false`` sends none)."""
+        results = self.results
+        if not results:
+            return []
+        found = (results[n].citations for n in self.flow.order if n in results)
+        return [citation for citations in found for citation in citations]
+
+    def retrievals(self) -> list[dict[str, Any]]:
+        """What each retrieving node says about its search, in graph order."""
+        results = self.results
+        if not results:
+            return []
+        found = (results[n].details for n in self.flow.order if n in results)
+        return [details for details in found if details is not None]
+
     async def events(self) -> AsyncIterator[Event]:
         """Every event of the run, in order, until RunFinished (none for a run stopped before
         it began)."""
@@ -187,6 +218,48 @@ class Run:
         for event in events:
             observe(event)
         return events
+
+    def begin_replica(self) -> None:
+        """Make this a copy of a run another process owns (for a client resuming it here):
+        never run, only brought up to date by :meth:`replay`."""
+        self.state = RUNNING
+        self.is_replica = True
+
+    def replay(self, event: Event) -> None:
+        """Apply one event of the run, as its owner logged it (the last is its final word)."""
+        if type(event) is RunFinished:
+            finished = cast(RunFinished, event)
+            self.usage.update(finished.usage)
+            if self.state not in FINAL:
+                self.state = finished.state
+                self.final = finished
+                self.log.append(finished, final=True)
+        else:
+            self._observe(event)
+
+    # -- its readers (flowserve.runs._readers) ------------------------------------------
+
+    def attach(self) -> None:
+        """A client reads the run (the one that started it, or one that resumed it)."""
+        self._readers.attach()
+
+    def detach(self, grace: float) -> None:
+        """A client left. When none is left, the run is cancelled (``LEFT``) unless one
+        attaches within ``grace`` seconds, or someone elsewhere still follows it."""
+        self._readers.detach(grace)
+
+    @property
+    def ended(self) -> bool:
+        return self.state in FINAL
+
+    def stop_left(self) -> None:
+        self.stop(*LEFT)
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        """A task of the run's own that its end waits for. A finished one is let go: a long
+        run would otherwise hold each task and its coroutine (about 1 KB) until its end."""
+        self._writes.append(task)
+        task.add_done_callback(self._writes.remove)
 
     async def wait_recorded(self) -> None:
         if not self._recorded:
@@ -211,7 +284,7 @@ class Run:
                     self._begin()
                     memory = None
                     if self.user_id:
-                        memory = _BoundMemory(
+                        memory = BoundMemory(
                             service.memory, self.loaded.org_id, self.flow.id, self.user_id
                         )
                     async with service.runner.start(self.flow, self.inputs, memory) as events:
@@ -245,6 +318,7 @@ class Run:
         if self.state is RUNNING and finished.state in (COMPLETED, FAILED):
             self.state = finished.state
             self.final = finished
+            self.log.append(finished, final=True)
 
     def stop(self, reason: str = "run stopped", error_type: str = "cancelled") -> bool:
         """queued | running → cancelled: recorded CANCELLED with ``reason`` as its error,
@@ -253,6 +327,8 @@ class Run:
             return False
         self.state = CANCELLED
         self.final = RunFinished(CANCELLED, reason, error_type, usage=self.usage)
+        self.log.append(self.final, final=True)
+        self._readers.cancel()
         if self._scope is not None:
             self._scope.cancel()
         return True
@@ -260,6 +336,8 @@ class Run:
     def _observe(self, event: Event) -> None:
         # Narrowed by exact type, not isinstance: this runs once per token.
         kind = type(event)
+        if kind is not RunFinished:  # the final word is logged by _settle or stop
+            self.log.append(event)
         if kind is NodeDelta:
             delta = cast(NodeDelta, event)
             parts = self._parts.get(delta.node_id)
@@ -276,6 +354,9 @@ class Run:
             times = self._nodes.get(completed.node_id)
             if times is not None:
                 times[1] = time.monotonic()
+        elif kind is NodeResults:  # a few per run at most
+            results = cast(NodeResults, event)
+            self.results = {**(self.results or {}), results.node_id: results}
         elif kind is RunFinished:
             self._settle(cast(RunFinished, event))
 
@@ -292,6 +373,7 @@ class Run:
                 times[2] = ended
         if self._insert_timer is not None:  # ended before being recorded RUNNING
             self._insert_timer.cancel()
+        self._saves.cancel()
         for write in list(self._writes):
             await write
         service = self._service
@@ -306,6 +388,8 @@ class Run:
             "error_node": final.node_id,
             "usage": self.usage,
             "nodes": self.node_timings(),
+            "citations": self.citations(),
+            "retrievals": self.retrievals(),
             "first_token_at": self.first_token_at,
             "finished_at": utcnow(),
         }
@@ -319,6 +403,10 @@ class Run:
         self._recorded = True
         if self._recorded_event is not None:
             self._recorded_event.set()
+        try:
+            await self.log.close()  # after the record: a closed log means a recorded run
+        except Exception:
+            log.exception("could not close the event log of run %s", self.id)
 
     # -- the record --------------------------------------------------------------------
 
@@ -342,11 +430,7 @@ class Run:
 
     def _insert(self) -> None:
         self._insert_timer = None
-        write = asyncio.get_running_loop().create_task(self._write_running())
-        self._writes.append(write)
-        # A finished write is let go: a long run would otherwise hold the task and its
-        # coroutine (about 1 KB) until its end.
-        write.add_done_callback(self._writes.remove)
+        self.track(asyncio.get_running_loop().create_task(self._write_running()))
 
     async def _write_running(self) -> None:
         if self.state in FINAL:  # ended meanwhile: _end writes the whole record once
@@ -356,3 +440,4 @@ class Run:
             await self._service.store.start(self._row())
         except Exception:
             log.exception("could not record the start of run %s", self.id)
+        self._saves.soon()

@@ -1,15 +1,18 @@
 """The DAG runner.
 
 Each node is a task in one task group. A node starts as soon as every node it references has
-completed, so independent branches run in parallel; an LLM node's tokens are sent as
-:class:`NodeDelta` events the moment they arrive. A node failure ends the run: the error names
-the node and the task group cancels everything else (upstream streams included, since each
-provider closes its connection when its task is cancelled).
+completed, so independent branches run in parallel. What a node does is its type's
+(``flowserve.nodes``: the runner names none): its steps are text, streams of chunks the
+runner relays itself (an LLM node's tokens are sent as :class:`NodeDelta` events the moment
+they arrive, with nothing between the provider's iterator and the channel), and results
+(:class:`NodeResults`). A node failure ends the run: the error names the node and the task
+group cancels everything else (upstream streams included, since each provider closes its
+connection when its task is cancelled).
 
 Time limits (the flow's ``limits:``, else the server's defaults) cost nothing per token: the
 total is one deadline cancel scope around the nodes; the idle limit is a loop timer (not a
 task: a task per held stream cost memory) that fires a few times per limit and compares a
-progress count (tokens held by the LLM nodes' part lists, plus nodes done) with the last one
+progress count (text pieces held by the nodes' part lists, plus nodes done) with the last one
 it saw.
 """
 
@@ -19,8 +22,8 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, cast
 
 import anyio
 
@@ -31,23 +34,22 @@ from flowserve.errors import (
     OutputTooLargeError,
     RunTimeoutError,
 )
-from flowserve.events import Event, NodeCompleted, NodeDelta, NodeStarted, RunFinished
+from flowserve.events import (
+    Event,
+    NodeCompleted,
+    NodeDelta,
+    NodeResults,
+    NodeStarted,
+    RunFinished,
+)
 from flowserve.flows.graph import Flow, Node
-from flowserve.flows.spec import LLMNodeSpec
-from flowserve.providers.base import LLMRequest, Message
+from flowserve.nodes.base import Memory as Memory  # re-exported: the runner's memory protocol
+from flowserve.nodes.base import NodeContext, RunText, Stream
 from flowserve.providers.registry import ProviderRegistry
-from flowserve.providers.resilience import RetryPolicy, resilient_stream, stream_timeout
+from flowserve.providers.resilience import RetryPolicy
 from flowserve.runs._channel import Channel
 
 log = logging.getLogger("flowserve.runner")
-
-
-class Memory(Protocol):
-    """Conversation memory of one (org, flow, user); the runner adds the node id."""
-
-    async def load(self, node_id: str, window: int) -> list[Message]: ...
-
-    async def append(self, node_id: str, user: str, assistant: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +72,6 @@ class TextLimits:
                 f"the run's text would be {run_size} characters, over this server's limit "
                 f"of {self.run_chars} per run (max_run_chars)"
             )
-
-    def reserve(self, state: _RunState, size: int) -> None:
-        """Count ``size`` more characters of a node's output, or refuse them."""
-        self.check("output", size, state.chars + size)
-        state.chars += size
 
 
 class _RunState:
@@ -103,12 +100,14 @@ class Runner:
         timeout: float | None = None,
         idle_timeout: float | None = None,
         text_limits: TextLimits | None = None,
+        services: Mapping[str, Any] | None = None,
     ) -> None:
         self.registry = registry
         self.policy = policy or RetryPolicy()
         self.timeout = timeout  # defaults for flows that set no ``limits``
         self.idle_timeout = idle_timeout
         self.text_limits = text_limits or TextLimits()
+        self.services: Mapping[str, Any] = {} if services is None else services  # node types
 
     @asynccontextmanager
     async def start(
@@ -206,14 +205,7 @@ class Runner:
             for dep in node.deps:
                 await state.done[dep].wait()
             send.send_nowait(NodeStarted(node.id))
-            if isinstance(node.spec, LLMNodeSpec):
-                text = await self._llm(node, node.spec, state, memory, send)
-            else:
-                template = node.templates["template"]
-                self.text_limits.reserve(state, template.size(state.values))
-                text = template.render(state.values)
-                state.parts[node.id].append(text)
-                send.send_nowait(NodeDelta(node.id, text))
+            text = await self._steps(node, state, memory, send)
             state.values[node.id] = text
             send.send_nowait(NodeCompleted(node.id, text, state.usage.get(node.id)))
             state.completed += 1
@@ -239,37 +231,21 @@ class Runner:
             error = NodeError(f"internal error ({type(exc).__name__})")
             self._fail(state, siblings, error, node.id)
 
-    def _request(
-        self,
-        node: Node,
-        spec: LLMNodeSpec,
-        values: Mapping[str, str],
-        history: list[Message],
-    ) -> LLMRequest:
-        for name, template in node.templates.items():  # prompt, system: not output, not counted
-            self.text_limits.check(name, template.size(values), 0)
-        prompt = node.templates["prompt"].render(values)
-        system = node.templates["system"].render(values) if "system" in node.templates else None
-        return LLMRequest(
-            model=node.model or "",
-            messages=[*history, Message("user", prompt)],
-            system=system,
-            options=dict(node.options),
-            api_key_env=spec.api_key_env,
-            base_url=node.base_url,
+    def _context(self, node: Node, state: RunText, memory: Memory | None) -> NodeContext:
+        return NodeContext(
+            node, state, memory, self.registry, self.policy, self.text_limits, self.services
         )
 
     async def check_prompts(self, flow: Flow, inputs: Mapping[str, str]) -> None:
-        """Before a run: ask the providers that can (``checks_prompts``) whether the prompts
-        the inputs alone decide can be served. A refusal is the caller's input error (422),
-        known before anything streams; what memory adds is checked when the node runs."""
+        """Before a run: ask the node types that can (nodes compiled ``prechecked``) whether
+        what the inputs alone decide can be served (a prompt too long for the provider's
+        model). A refusal is the caller's input error (422), known before anything streams;
+        what memory adds is checked when the node runs."""
         for node_id in flow.prompt_checked:
             node = flow.nodes[node_id]
-            assert isinstance(node.spec, LLMNodeSpec)
-            provider = self.registry.get(node.provider or self.registry.default)
+            ctx = self._context(node, _Inputs(inputs), None)
             try:
-                request = self._request(node, node.spec, inputs, [])
-                problem = await provider.prompt_problem(request)
+                problem = await node.kind.precheck(node, ctx)
             except NodeError as exc:
                 problem = exc.message
             if problem is not None:
@@ -294,37 +270,58 @@ class Runner:
                 if task is not current:
                     task.cancel()
 
-    async def _llm(
-        self,
-        node: Node,
-        spec: LLMNodeSpec,
-        state: _RunState,
-        memory: Memory | None,
-        send: Channel[Event],
+    async def _steps(
+        self, node: Node, state: _RunState, memory: Memory | None, send: Channel[Event]
     ) -> str:
-        provider = self.registry.get(node.provider or self.registry.default)
-        limits = self.text_limits
-        history: list[Message] = []
-        if memory is not None and spec.memory is not None:
-            history = await memory.load(node.id, spec.memory.window)
-        request = self._request(node, spec, state.values, history)
-        prompt = request.messages[-1].content
-        node_id = node.id
+        """Run the node's type and relay what it yields; its whole text."""
+        ctx = self._context(node, state, memory)
+        steps = node.kind.run(node, ctx)
+        try:
+            async for step in steps:  # a few per node: the per-token loop is _relay's
+                kind = type(step)
+                if kind is Stream:
+                    await self._relay(node.id, cast(Stream, step), state, send)
+                elif kind is str:
+                    self._text(node.id, cast(str, step), state, send)
+                elif kind is NodeResults:
+                    results = cast(NodeResults, step)
+                    if results.node_id != node.id:
+                        raise TypeError(f"results of node {results.node_id!r} sent by another")
+                    send.send_nowait(results)
+                else:
+                    raise TypeError(f"node type {node.spec.type!r} yielded a {kind.__name__}")
+        finally:
+            aclose = getattr(steps, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            if ctx.usage is not None:
+                state.usage[node.id] = ctx.usage  # partial when cancelled
+        return "".join(state.parts[node.id])
+
+    def _text(self, node_id: str, text: str, state: _RunState, send: Channel[Event]) -> None:
         parts = state.parts[node_id]
-        policy = self.policy
-        if spec.first_token_timeout is not None or spec.timeout is not None:
-            policy = replace(
-                policy,
-                ttft_timeout=spec.first_token_timeout or policy.ttft_timeout,
-                total_timeout=spec.timeout or policy.total_timeout,
-            )
-        stream = resilient_stream(provider, request, policy)
+        size = len(text)
+        state.chars += size
+        used = sum(map(len, parts)) + size
+        limits = self.text_limits
+        if used > limits.node_chars or state.chars > limits.run_chars:
+            limits.check("output", used, state.chars)
+        parts.append(text)
+        send.send_nowait(NodeDelta(node_id, text))
+
+    async def _relay(
+        self, node_id: str, stream: Stream, state: _RunState, send: Channel[Event]
+    ) -> None:
+        """The per-token path: each chunk counted, kept and sent, in this one frame."""
+        chunks = stream.chunks
+        limits = self.text_limits
+        parts = state.parts[node_id]
+        node_max, run_max, used = limits.node_chars, limits.run_chars, sum(map(len, parts))
         # The stream's whole-time limit, one timer in this frame (not a scope around a yield).
-        limit = asyncio.timeout(policy.total_timeout)
-        node_max, run_max, used = limits.node_chars, limits.run_chars, 0
+        limit = asyncio.timeout(stream.timeout)
         try:
             async with limit:
-                async for chunk in stream:
+                async for chunk in chunks:
                     size = len(chunk)
                     used += size
                     state.chars += size
@@ -335,14 +332,22 @@ class Runner:
         except TimeoutError:
             if not limit.expired():
                 raise
-            raise stream_timeout(policy, provider.name) from None
+            raise stream.timed_out() from None
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
-            state.usage[node_id] = request.usage.as_dict()  # partial when cancelled
-        text = "".join(parts)
-        if memory is not None and spec.memory is not None:
-            await memory.append(node_id, prompt, text)
-        return text
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+class _Inputs:
+    """What a node context reads before a run: the inputs alone (check_prompts)."""
+
+    __slots__ = ("chars", "parts", "values")
+
+    def __init__(self, inputs: Mapping[str, str]) -> None:
+        self.values = dict(inputs)
+        self.parts: dict[str, list[str]] = {}
+        self.chars = 0
 
 
 class _IdleTimer:

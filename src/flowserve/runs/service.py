@@ -7,12 +7,15 @@ runner, the stores they write to, the counters they add to, and which of them ar
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 
 import anyio
 
 from flowserve.auth import Principal
+from flowserve.cluster.base import Cluster, RunInfo
 from flowserve.flows.service import LoadedFlow
 from flowserve.runs.run import SHUTDOWN, Run, RunMetrics
 from flowserve.runs.runner import Runner
@@ -21,6 +24,8 @@ from flowserve.store.runs import RunStore
 
 # How often a drain looks again whether it was told to give up.
 DRAIN_POLL = 0.1
+# Ended runs kept in memory for clients that resume them (the newest, for ``retention``).
+MAX_RECENT = 1000
 
 
 class RunService:
@@ -31,6 +36,9 @@ class RunService:
         runner: Runner,
         owner: str | None = None,
         record_delay: float = 0.0,
+        save_interval: float = 0.0,
+        retention: float = 60.0,
+        cluster: Cluster | None = None,
     ) -> None:
         self.store = store
         self.memory = memory
@@ -40,6 +48,18 @@ class RunService:
         # written once, with its outcome (half the writes at low load). Crash safety covers
         # runs older than this; a younger one killed with the process leaves no record.
         self.record_delay = record_delay
+        # A RUNNING run's outputs are saved this often (0: never), for its record to keep
+        # them if the process dies mid-run.
+        self.save_interval = save_interval
+        # Streamed runs stay findable for resuming this long after their end (contract 2.5).
+        self.retention = retention
+        self.recent: OrderedDict[str, tuple[float, Run]] = OrderedDict()
+        # Shared with other processes (Redis): where runs' events go, and whether another
+        # process follows a run whose clients here left. None: this process alone.
+        self.cluster = cluster
+        self.watched: Callable[[str], Awaitable[bool]] | None = None
+        if cluster is not None and cluster.shared:
+            self.watched = cluster.watched
         self.metrics = RunMetrics()
         self.active: dict[str, Run] = {}  # in this process, by id
         # Graceful shutdown (flowserve.http.server): while draining, no new run is admitted;
@@ -49,10 +69,29 @@ class RunService:
         self._idle: anyio.Event | None = None  # set when the last active run ends
 
     def ended(self, run: Run) -> None:
-        """Called by a run as it ends: it is no longer active."""
+        """Called by a run as it ends: it is no longer active (a streamed one stays
+        findable for ``retention``)."""
         self.active.pop(run.id, None)
+        if run.resumable and self.retention > 0:
+            now = time.monotonic()
+            self.recent[run.id] = (now + self.retention, run)
+            while self.recent:
+                oldest_id, (expires, _) = next(iter(self.recent.items()))
+                if expires > now and len(self.recent) <= MAX_RECENT:
+                    break
+                del self.recent[oldest_id]
         if not self.active and self._idle is not None:
             self._idle.set()
+
+    def find(self, run_id: str) -> Run | None:
+        """A run of this process that is running or ended less than ``retention`` ago."""
+        run = self.active.get(run_id)
+        if run is not None:
+            return run
+        kept = self.recent.get(run_id)
+        if kept is None or kept[0] <= time.monotonic():
+            return None
+        return kept[1]
 
     def create(
         self,
@@ -60,9 +99,28 @@ class RunService:
         loaded: LoadedFlow,
         inputs: Mapping[str, str],
         user_id: str | None = None,
+        resumable: bool = False,
     ) -> Run:
-        """A queued run; it starts when its ``session()`` is entered."""
-        return Run(self, loaded, inputs, user_id, principal.key_id)
+        """A queued run; it starts when its ``session()`` is entered. A ``resumable`` one
+        (streamed) can be re-attached to by a client that lost its connection."""
+        run_id = uuid.uuid4().hex
+        sink = None
+        if self.cluster is not None and self.cluster.shared:
+            sink = self.cluster.open_log(
+                RunInfo(
+                    run_id=run_id,
+                    owner=self.owner or "",
+                    org_id=loaded.org_id,
+                    flow_id=loaded.flow.id,
+                    flow_version=loaded.version,
+                    key_id=principal.key_id,
+                    user_id=user_id,
+                    inputs=dict(inputs),
+                )
+            )
+        run = Run(self, loaded, inputs, user_id, principal.key_id, sink=sink, run_id=run_id)
+        run.resumable = resumable
+        return run
 
     def start(
         self,
@@ -73,6 +131,35 @@ class RunService:
     ) -> AbstractAsyncContextManager[Run]:
         """``async with runs.start(...) as run``: create the run and run it for the block."""
         return self.create(principal, loaded, inputs, user_id).session()
+
+    async def recover(
+        self,
+        run_ids: list[str],
+        load_flow: Callable[[str, str, int], Awaitable[LoadedFlow]],
+    ) -> None:
+        """Complete the records of runs a dead process owned (just marked FAILED,
+        "interrupted") with what they had streamed, read back from their event logs in the
+        cluster: nothing a client saw is missing from the record. Without a shared cluster
+        the record keeps the outputs its run last saved (``save_interval``)."""
+        cluster = self.cluster
+        if cluster is None or not cluster.shared:
+            return
+        for run_id in run_ids:
+            info = await cluster.lookup(run_id)
+            if info is None:
+                continue
+            loaded = await load_flow(info.org_id, info.flow_id, info.flow_version)
+            replica = Run(self, loaded, info.inputs, info.user_id, info.key_id, run_id=run_id)
+            replica.begin_replica()
+            position = 0
+            while True:
+                events, _ = await cluster.read(run_id, position, wait=0)
+                if not events:
+                    break
+                for _seq, event in events:
+                    replica.replay(event)
+                position = events[-1][0]
+            await self.store.save_progress(run_id, replica.outputs(), dict(replica.usage))
 
     def stop(self, run_id: str, reason: str = "run stopped", error_type: str = "cancelled") -> bool:
         """Stop a run of this process (see :meth:`Run.stop`); False if none is active."""

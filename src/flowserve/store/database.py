@@ -21,6 +21,11 @@ class Database:
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30}
+        else:
+            # A server (PostgreSQL) may restart or drop idle connections: each one is
+            # checked as it leaves the pool, and a dead one replaced, so the next request
+            # after a restart succeeds instead of failing on a closed connection.
+            kwargs["pool_pre_ping"] = True
         self.engine = create_async_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

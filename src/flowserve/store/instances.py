@@ -27,7 +27,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -96,6 +96,9 @@ class InstanceStore:
         self.db = db
         self.interval = interval
         self.me = me or Identity.current()
+        # Told the ids of the runs a sweep failed, to complete their records from elsewhere
+        # (their event logs in Redis: what their clients saw). Set by the composition root.
+        self.on_interrupted: Callable[[list[str]], Awaitable[None]] | None = None
 
     @property
     def id(self) -> str:
@@ -156,11 +159,17 @@ class InstanceStore:
                     or_(Run.owner.is_(None), Run.owner.not_in(select(Instance.id))),
                 )
                 .values(state=FAILED, error=message, error_type="interrupted", finished_at=now)
+                .returning(Run.id)
             )
-        failed = int(getattr(result, "rowcount", 0) or 0)
+            failed = list(result.scalars().all())
         if failed:
-            log.warning("marked %d interrupted run(s) FAILED", failed)
-        return failed
+            log.warning("marked %d interrupted run(s) FAILED", len(failed))
+            if self.on_interrupted is not None:
+                try:
+                    await self.on_interrupted(failed)
+                except Exception:
+                    log.exception("could not complete the records of interrupted runs")
+        return len(failed)
 
     async def cancel_own(self, message: str, error_type: str) -> int:
         """Runs of this instance still RUNNING (their tasks were cancelled before recording

@@ -85,10 +85,12 @@ class KeyStore:
             for r in rows
         ]
 
-    async def revoke(self, key_id: str) -> None:
+    async def revoke(self, key_id: str, org_id: str | None = None) -> None:
+        """Revoke a key (again: nothing changes). NotFoundError if unknown, or, with
+        ``org_id``, of another org."""
         async with self.db.session() as s:
             row = await s.get(ApiKey, key_id)
-            if row is None:
+            if row is None or (org_id is not None and row.org_id != org_id):
                 raise NotFoundError(f"key {key_id!r} not found")
             if row.revoked_at is None:
                 row.revoked_at = utcnow()

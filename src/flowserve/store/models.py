@@ -73,6 +73,10 @@ class Run(Base):
     # Per node: {"started_ms", "duration_ms", "state"}, from when the request was accepted
     # (see flowserve.runs.run.Run.node_timings); None for runs recorded before it existed.
     nodes: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # What its retrieving nodes found (contract 3.7): the citations, in graph order then by
+    # index, and one entry per retrieving node; None for runs recorded before they were kept.
+    citations: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    retrievals: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     first_token_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

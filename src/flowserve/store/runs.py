@@ -92,6 +92,12 @@ class RunStore:
         fields.setdefault("finished_at", utcnow())
         await self.writer.update(run_id, fields)
 
+    async def save_progress(
+        self, run_id: str, outputs: dict[str, str], usage: dict[str, Any]
+    ) -> None:
+        """A RUNNING run's outputs so far: what its record keeps if its process dies."""
+        await self.writer.update(run_id, {"outputs": outputs, "usage": usage})
+
     # Run records that could not be written (see _group_commit): for /metrics and /healthz.
     @property
     def failed_writes(self) -> int:

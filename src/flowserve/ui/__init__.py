@@ -28,6 +28,7 @@ ASSETS = (
     "graph.js",
     "icon.svg",
     "run.js",
+    "sources.js",
 )
 _MEDIA = {
     ".css": "text/css; charset=utf-8",

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from alembic import context
 
+from flowserve.knowledge.models import modelled
 from flowserve.store.models import Base
 
 connection = context.config.attributes["connection"]
-context.configure(connection=connection, target_metadata=Base.metadata)
+# The full-text index objects (FTS5 tables, the tsvector column) are made by the migrations
+# only: autogenerate must not offer to drop them.
+context.configure(
+    connection=connection,
+    target_metadata=Base.metadata,
+    include_name=modelled,  # type: ignore[arg-type]  # its parent_names is a plain dict
+)
 with context.begin_transaction():
     context.run_migrations()

@@ -5,6 +5,7 @@
 
 import { clear, el } from "./dom.js";
 import { field, values } from "./form.js";
+import { sources } from "./sources.js";
 
 function newId() {
   if (crypto.randomUUID) return crypto.randomUUID();
@@ -48,11 +49,14 @@ class Conversation {
 function bubble(turn) {
   const text = document.createTextNode(turn.text);
   const note = el("div", { class: "turn-note" });
+  const cited = el("div", { class: "cited" });
   const node = el("div", { class: `turn ${turn.role}`, dataset: { role: turn.role } },
-    el("div", { class: "turn-text" }, text), note);
+    el("div", { class: "turn-text" }, text), note, cited);
   const show = (t) => {
     node.dataset.state = t.state || "";
     note.textContent = t.error ? `${t.state || "ERROR"}: ${t.error}` : "";
+    const list = sources(t.citations);
+    cited.replaceChildren(...(list ? [list] : []));
   };
   show(turn);
   return { node, text, show };
@@ -117,6 +121,7 @@ export function chatMode(root, ctx, iface, runner) {
     });
     reply.state = last ? last.state : "ERROR";
     reply.error = last ? last.error : runner.failure;
+    reply.citations = last?.citations || [];
     shown.show(reply);
     conversation.save();
     buttons();

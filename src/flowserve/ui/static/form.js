@@ -1,7 +1,8 @@
 // Form mode: a field per input of the flow (its description as the label, its default
 // filled in), a run button, and a panel per output that fills in live as the run streams.
 
-import { el } from "./dom.js";
+import { clear, el } from "./dom.js";
+import { sources } from "./sources.js";
 
 // A field for an input; `required` when the input has no default.
 export function field(input) {
@@ -47,7 +48,8 @@ export function formMode(root, iface, runner) {
       el("div", { class: "output-text" }, text),
     );
   });
-  root.append(form, el("div", { class: "outputs" }, ...panels));
+  const cited = el("div", { class: "cited" });
+  root.append(form, el("div", { class: "outputs" }, ...panels), cited);
 
   runner.onChange(() => {
     run.disabled = runner.running;
@@ -58,6 +60,9 @@ export function formMode(root, iface, runner) {
     event.preventDefault();
     if (runner.running) return;
     for (const text of texts.values()) text.data = "";
-    await runner.run(values(fields), (id, delta) => texts.get(id)?.appendData(delta));
+    clear(cited);
+    const last = await runner.run(values(fields), (id, delta) => texts.get(id)?.appendData(delta));
+    const list = sources(last?.citations);
+    if (list) cited.append(list);
   });
 }
