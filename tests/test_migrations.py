@@ -133,6 +133,10 @@ def urls(dialect: str, tmp_path: Path, request: pytest.FixtureRequest) -> tuple[
     return url, url.rsplit("/", 1)[1]
 
 
+def test_the_head_the_server_checks_is_alembics():
+    assert schema.head() == schema.alembic_head()
+
+
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
 def test_a_new_database_is_migrated_to_exactly_the_models(dialect, tmp_path, request):
     url, _ = urls(dialect, tmp_path, request)

@@ -23,7 +23,6 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from sqlalchemy import bindparam, delete, select, text
 
 from flowserve.errors import BadFileError, ConfigError, ProviderError
@@ -36,6 +35,8 @@ from flowserve.providers.endpoints import EndpointPolicy
 from flowserve.store.database import Database
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from flowserve.config import Settings
 
 
@@ -45,7 +46,16 @@ def model_of(kb: KnowledgeBase) -> str | None:
     return model if isinstance(model, str) and model else None
 
 
+def _numpy() -> Any:
+    # Imported when vectors are first used: numpy costs ~15 MB and ~0.1 s at start, and a
+    # server whose KBs are keyword-only (the default) never needs it.
+    import numpy
+
+    return numpy
+
+
 def _unit(matrix: np.ndarray) -> np.ndarray:
+    np = _numpy()
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     return (matrix / norms).astype("<f4")
@@ -76,6 +86,7 @@ class Vectors:
         model = model_of(kb)
         if model is None or not chunks:
             return None
+        np = _numpy()
         try:
             found = await self.embedders.embed(model, [c.text for c in chunks])
         except (ProviderError, ConfigError) as exc:
@@ -113,6 +124,7 @@ class Vectors:
         self, kb_ids: Sequence[str], query: str, top_k: int
     ) -> list[tuple[int, float]]:
         """(chunk id, cosine) of the ``top_k`` nearest chunks, best first."""
+        np = _numpy()
         async with self.db.session() as s:
             kbs = list(
                 (await s.scalars(select(KnowledgeBase).where(KnowledgeBase.id.in_(kb_ids)))).all()

@@ -19,29 +19,48 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from importlib.resources import files
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, text
 
 from flowserve.errors import SchemaError
 from flowserve.store.database import Database
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+# Alembic is imported when the schema is looked at (once, at start), not with this module:
+# it and what it pulls in (its autogenerate, SQLAlchemy's DDL) cost ~10 MB a process keeps.
 
 BASELINE = "0001"  # the schema of databases made before migrations
 _LOCK = 0x666C6F77  # "flow": the advisory lock key of schema upgrades on PostgreSQL
 
 
 def _config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(files("flowserve.store") / "migrations"))
     config.attributes["connection"] = connection
     return config
 
 
+# The newest revision in migrations/versions: what this code needs. Kept here so that a
+# server whose database is up to date (every start but the first after an upgrade) checks it
+# with one query and never loads Alembic; tests/test_migrations.py checks that it is
+# Alembic's head.
+HEAD = "0006"
+
+
 def head() -> str:
     """The revision this code needs."""
+    return HEAD
+
+
+def alembic_head() -> str:
+    """The head of the migration scripts, as Alembic reads them."""
+    from alembic.script import ScriptDirectory
+
     revision = ScriptDirectory.from_config(_config()).get_current_head()
     assert revision is not None
     return revision
@@ -62,6 +81,8 @@ class SchemaStatus:
         """Whether this code knows the database's revision (False: a newer flowserve's)."""
         if self.current is None:
             return True
+        from alembic.script import ScriptDirectory
+
         script = ScriptDirectory.from_config(_config())
         return any(rev.revision == self.current for rev in script.walk_revisions())
 
@@ -74,9 +95,11 @@ class SchemaStatus:
 
 
 def _status(connection: Connection) -> SchemaStatus:
-    current = MigrationContext.configure(connection).get_current_revision()
     tables = inspect(connection).get_table_names()
-    return SchemaStatus(current=current, head=head(), empty=not tables)
+    current = None
+    if "alembic_version" in tables:  # what Alembic's MigrationContext reads, in one query
+        current = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    return SchemaStatus(current=current, head=HEAD, empty=not tables)
 
 
 def _upgrade(connection: Connection) -> None:
@@ -85,6 +108,8 @@ def _upgrade(connection: Connection) -> None:
     status = _status(connection)  # again, under the lock: another process may have done it
     if not status.known:
         raise SchemaError(_ahead(status))
+    from alembic import command
+
     config = _config(connection)
     if status.current is None and not status.empty:
         command.stamp(config, BASELINE)
