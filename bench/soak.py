@@ -128,11 +128,14 @@ def main() -> int:
     args = parser.parse_args()
     console = Console()
     # No rate limit, and a per-key run cap well above the clients' concurrency: a 429 then
-    # means run slots leak.
+    # means run slots leak. A run whose client disconnects is kept for it to resume
+    # (resume_grace), holding its slot meanwhile: 1 s here, well under SETTLE, so that the
+    # disconnecting clients' runs are still kept and cancelled, and are over when counted.
     env = {
         "FLOWSERVE_RATE_LIMIT_PER_MINUTE": "0",
         "FLOWSERVE_MAX_CONCURRENT_RUNS_PER_KEY": "100",
         "FLOWSERVE_DRAIN_SECONDS": "2",
+        "FLOWSERVE_RESUME_GRACE": "1",
     }
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.workdir or Path(scratch)
