@@ -39,6 +39,13 @@ def targets(out: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _pool_flag(cfg: dict[str, Any]) -> str:
+    url = cfg.get("redis_url", "")
+    return (
+        f" --redis-pool {url.split('max_connections=', 1)[1]}" if "max_connections=" in url else ""
+    )
+
+
 def _header(out: dict[str, Any]) -> list[str]:
     m, cfg, git = out["machine"], out["config"], out.get("flowserve", {})
     dirty = git.get("src_dirty_files")
@@ -56,9 +63,7 @@ def _header(out: dict[str, Any]) -> list[str]:
         f"{cfg['client']}, route {cfg['route']}. PostgreSQL and Redis: the machine's "
         "(127.0.0.1:5432, a fresh database per deployment; 127.0.0.1:6379, a key prefix per "
         f"run; `FLOWSERVE_REDIS_URL={cfg.get('redis_url', '?')}`). Reproduce: "
-        "`.venv/bin/python bench/scaleout.py`"
-        + (" --redis-pool N" if "max_connections" in cfg.get("redis_url", "") else "")
-        + ".",
+        f"`.venv/bin/python bench/scaleout.py{_pool_flag(cfg)}`.",
         "",
         f"Load on the machine: /proc/loadavg `{load.get('before', '?')}` before, "
         f"`{load.get('after', '?')}` after; other processes used "

@@ -142,6 +142,23 @@ class Deployment:
         return asyncio.run(fetch())
 
     def drop(self) -> None:
+        """Its PostgreSQL database, and its keys in Redis (they would expire by themselves
+        after ``event_retention``, 5 minutes; the Redis is shared)."""
+        if self.redis_prefix is not None:
+            import redis
+
+            client = redis.Redis.from_url(REDIS_URL, socket_timeout=10)
+            try:
+                batch: list[bytes] = []
+                for key in client.scan_iter(match=f"{self.redis_prefix}:*", count=1000):
+                    batch.append(key)
+                    if len(batch) >= 1000:
+                        client.unlink(*batch)
+                        batch = []
+                if batch:
+                    client.unlink(*batch)
+            finally:
+                client.close()
         if self.pg_name is not None:
             asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)'))
 

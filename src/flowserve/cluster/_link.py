@@ -18,13 +18,14 @@ from flowserve.errors import ConfigError, LimitError
 log = logging.getLogger("flowserve.cluster")
 
 Command = tuple[Any, ...]  # one Redis command and its arguments
+POOL_SIZE = 256  # connections to Redis per process, at most; more commands wait their turn
 
 
 class Link:
     def __init__(self, url: str, prefix: str) -> None:
         try:
             from redis import exceptions
-            from redis.asyncio import Redis
+            from redis.asyncio import BlockingConnectionPool, Redis
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
         except ImportError:
@@ -38,9 +39,19 @@ class Link:
         self.no_script = exceptions.NoScriptError
         # One retry: the first command on a connection Redis dropped fails, the retry
         # reconnects. Short timeouts: an unreachable Redis is noticed within two seconds.
-        self.redis = Redis.from_url(
-            url, socket_connect_timeout=1.0, socket_timeout=2.0, retry=Retry(NoBackoff(), 1)
+        # A blocking pool: when every connection is busy (100 streams starting together), a
+        # command waits for one instead of failing. redis-py's default pool raises
+        # MaxConnectionsError, a ConnectionError, which read as Redis being down: limits
+        # went per process and run events were dropped (bench/scaleout.py saw it at c=100).
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=POOL_SIZE,
+            timeout=2.0,
+            socket_connect_timeout=1.0,
+            socket_timeout=2.0,
+            retry=Retry(NoBackoff(), 1),
         )
+        self.redis = Redis.from_pool(pool)  # owns it: closing the client closes the pool
         kwargs = self.redis.connection_pool.connection_kwargs
         self.where = str(kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}")
         self.prefix = prefix
