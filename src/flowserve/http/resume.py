@@ -18,6 +18,7 @@ dies (it stops refreshing its liveness): the stream then ends with an ``interrup
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 
 from starlette.responses import Response
@@ -84,8 +85,7 @@ async def resume(
             raise _gone(run_id)
         check(info.org_id, info.flow_id, info.key_id)
         loaded = await services.flows.get(info.org_id, info.flow_id, info.flow_version)
-        run = Run(services.runs, loaded, info.inputs, info.user_id, info.key_id, run_id=run_id)
-        run.begin_replica()
+        run = services.runs.replica(info, loaded)
         source = follow_remote(cluster, info, run, after, services.settings.heartbeat_interval)
     encoder = (LegacyEncoder if legacy else EnvelopeEncoder)(run, delta=delta, sse=sse)
     encoder.position = after
@@ -109,8 +109,12 @@ async def follow_remote(
     the outputs so far from it). Ends with the run's final event, or an ``interrupted`` one
     when its owner dies."""
     position = 0
+    watched_until = 0.0
     while True:
-        await cluster.watch(info.run_id, 3 * interval)  # its owner keeps it for us
+        now = time.monotonic()
+        if now >= watched_until:  # its owner keeps it for us: renewed once an interval
+            await cluster.watch(info.run_id, 3 * interval)
+            watched_until = now + interval
         events, closed = await cluster.read(info.run_id, position, wait=interval / 2)
         if events:
             new: list[Event] = []

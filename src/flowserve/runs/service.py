@@ -132,6 +132,13 @@ class RunService:
         """``async with runs.start(...) as run``: create the run and run it for the block."""
         return self.create(principal, loaded, inputs, user_id).session()
 
+    def replica(self, info: RunInfo, loaded: LoadedFlow) -> Run:
+        """A copy of a run another process owns: never run, brought up to date by
+        :meth:`Run.replay` with the events of its log (for resuming it, or recording it)."""
+        run = Run(self, loaded, info.inputs, info.user_id, info.key_id, run_id=info.run_id)
+        run.begin_replica()
+        return run
+
     async def recover(
         self,
         run_ids: list[str],
@@ -148,9 +155,9 @@ class RunService:
             info = await cluster.lookup(run_id)
             if info is None:
                 continue
-            loaded = await load_flow(info.org_id, info.flow_id, info.flow_version)
-            replica = Run(self, loaded, info.inputs, info.user_id, info.key_id, run_id=run_id)
-            replica.begin_replica()
+            replica = self.replica(
+                info, await load_flow(info.org_id, info.flow_id, info.flow_version)
+            )
             position = 0
             while True:
                 events, _ = await cluster.read(run_id, position, wait=0)
