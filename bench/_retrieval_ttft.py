@@ -5,6 +5,7 @@ in-0 → kb-0 (keyword, over the man pages) → llm-0 (scripted ``echo``, prompt
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,11 @@ def _ttft(client: httpx.Client, server: BenchServer, flow: str, query: str) -> f
             raise RuntimeError(f"{flow}: HTTP {r.status_code} {r.read()[:200]!r}")
         first, last = None, ""
         for line in r.iter_lines():  # read to the stream's end
-            if line.startswith("data:") and '"out-0"' in line:
-                last = line
+            if not line.startswith("data:"):
+                continue
+            message = json.loads(line[5:])
+            if message.get("out-0"):  # the first token: earlier messages may be empty
+                last = message["out-0"]
                 if first is None:
                     first = time.perf_counter() - t
     if first is None:

@@ -121,6 +121,10 @@ class Settings(BaseSettings):
     kb_max_file_bytes: int = Field(default=50 * 1024 * 1024, ge=1, le=2**40)  # 413 beyond
     documents_max_file_bytes: int = Field(default=10 * 1024 * 1024, ge=1, le=2**40)
     kb_index_concurrency: int = Field(default=2, ge=1, le=64)  # files indexed at once
+    # SQLite keyword search leaves out query words in at least this share of all chunks (BM25
+    # gives them no weight from 0.5); lower is faster and drops words that weigh a little;
+    # 1 keeps every word (flowserve.knowledge.keyword)
+    kb_keyword_max_df: float = Field(default=0.5, gt=0.0, le=1.0)
     # originals, stored by content hash; None: flowserve-data/kb beside the SQLite database
     # (the working directory for other databases)
     kb_storage_dir: Path | None = None

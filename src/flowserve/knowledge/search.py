@@ -7,20 +7,8 @@ rankings by reciprocal rank (:func:`fuse`, k = 60). Scores are normalised per co
 keyword and hybrid scores are divided by the best one; semantic ones are cosine similarities
 clipped at 0, left as the retriever gives them.
 
-**Keyword search** is the database's full-text index (migration 0004), no model involved:
-
-- SQLite: FTS5, ranked by its ``bm25()`` (Okapi BM25: term frequency with saturation, inverse
-  document frequency over all chunks, length normalisation; k1 = 1.2, b = 0.75), the text
-  column weighing 1 and the heading 0.5; Porter-stemmed Unicode words.
-- PostgreSQL: ``tsvector`` with the ``english`` configuration (stemming, stop words), ranked
-  by ``ts_rank_cd`` (cover density: how many query words a chunk has and how close together,
-  the text weighing more than the heading) with normalisation 1 (divided by 1 + the log of
-  the chunk's length). Unlike BM25 it has **no inverse document frequency**: a rare word
-  counts no more than a common one, so rankings differ from SQLite's on the same data.
-
-User text is never query syntax: it is cut into words (``\\w+``, at most 32), each word is
-given as a quoted FTS5 string or its own ``plainto_tsquery`` parameter, and the words are
-OR-ed. A query of ``"``, ``NEAR(`` or ``*`` has no words and finds nothing.
+**Keyword search** (:mod:`flowserve.knowledge.keyword`) is the database's full-text index;
+**semantic** search is :mod:`flowserve.knowledge.vectors`.
 """
 
 from __future__ import annotations
@@ -28,12 +16,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
-
-from sqlalchemy import bindparam, text
+from typing import Any, Protocol
 
 from flowserve.errors import InputError
-from flowserve.store.database import Database
 
 MAX_TERMS = 32
 RRF_K = 60
@@ -53,6 +38,23 @@ class Hit:
     start: int  # offsets in the document's text
     end: int
     score: float
+
+    @classmethod
+    def of(cls, row: Sequence[Any], score: float | None = None) -> Hit:
+        """A hit from a row of :data:`COLUMNS`, its score the row's 11th column or ``score``."""
+        return cls(
+            chunk_id=row[0],
+            knowledge_base_id=row[1],
+            resource_id=row[2],
+            document_name=row[3],
+            chunk_index=row[4],
+            text=row[5],
+            page=row[6],
+            heading=row[7],
+            start=row[8],
+            end=row[9],
+            score=float((row[10] if score is None else score) or 0.0),
+        )
 
 
 class Retriever(Protocol):
@@ -94,67 +96,10 @@ def fuse(rankings: Sequence[list[Hit]], top_k: int, k: int = RRF_K) -> list[Hit]
     return normalise([replace(first[c], score=scores[c]) for c in ordered])
 
 
-_COLUMNS = (
+COLUMNS = (  # what a search statement selects for a Hit (then, optionally, the score)
     "c.id, c.kb_id, c.file_id, f.resource_path, c.chunk_index, c.text, c.page, c.heading, "
     "c.char_start, c.char_end"
 )
-_SQLITE = (
-    f"SELECT {_COLUMNS}, -bm25(kb_chunks_fts, 1.0, 0.5) AS score "
-    "FROM kb_chunks_fts JOIN kb_chunks c ON c.id = kb_chunks_fts.rowid "
-    "JOIN kb_files f ON f.id = c.file_id "
-    "WHERE kb_chunks_fts MATCH :match AND c.kb_id IN :kb_ids "
-    "ORDER BY score DESC, c.id LIMIT :top_k"
-)
-_POSTGRES = (
-    f"SELECT {_COLUMNS}, ts_rank_cd(c.tsv, q.query, 1) AS score "
-    "FROM kb_chunks c JOIN kb_files f ON f.id = c.file_id, ({query}) AS q "
-    "WHERE c.tsv @@ q.query AND c.kb_id IN :kb_ids "
-    "ORDER BY score DESC, c.id LIMIT :top_k"
-)
-
-
-class KeywordRetriever:
-    """Full-text search in the database (see the module doc)."""
-
-    strategy = "keyword"
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-        self.dialect = db.engine.dialect.name
-
-    async def search(self, kb_ids: Sequence[str], query: str, top_k: int) -> list[Hit]:
-        words = terms(query)
-        if not words or not kb_ids:
-            return []
-        params: dict[str, object] = {"kb_ids": list(kb_ids), "top_k": top_k}
-        if self.dialect == "postgresql":
-            names = [f"w{i}" for i in range(len(words))]
-            tsquery = " || ".join(f"plainto_tsquery('english', :{n})" for n in names)
-            sql = _POSTGRES.format(query=f"SELECT {tsquery} AS query")
-            params.update(zip(names, words, strict=True))
-        else:
-            sql = _SQLITE
-            params["match"] = " OR ".join(f'"{w}"' for w in words)  # \w+: no quote inside
-        statement = text(sql).bindparams(bindparam("kb_ids", expanding=True))
-        async with self.db.engine.connect() as conn:
-            rows = (await conn.execute(statement, params)).all()
-        hits = [
-            Hit(
-                chunk_id=row[0],
-                knowledge_base_id=row[1],
-                resource_id=row[2],
-                document_name=row[3],
-                chunk_index=row[4],
-                text=row[5],
-                page=row[6],
-                heading=row[7],
-                start=row[8],
-                end=row[9],
-                score=float(row[10] or 0.0),
-            )
-            for row in rows
-        ]
-        return normalise(hits)
 
 
 class Index:

@@ -23,6 +23,7 @@ from flowserve.errors import InputError, NotFoundError
 from flowserve.knowledge import formats
 from flowserve.knowledge.blobs import BlobStore, default_root
 from flowserve.knowledge.ingest import Ingestor, build
+from flowserve.knowledge.keyword import KeywordRetriever
 from flowserve.knowledge.models import DOCUMENTS, KB, KbFile, KnowledgeBase
 from flowserve.knowledge.objects import Bucket, citations, file_json, kb_json
 from flowserve.knowledge.params import (
@@ -33,7 +34,7 @@ from flowserve.knowledge.params import (
     UpdateKnowledgeBase,
     merged,
 )
-from flowserve.knowledge.search import Hit, Index, KeywordRetriever
+from flowserve.knowledge.search import Hit, Index
 from flowserve.knowledge.store import INDEXED, Counts, KnowledgeStore
 from flowserve.knowledge.upload import Received
 from flowserve.knowledge.vectors import SemanticRetriever, Vectors
@@ -70,7 +71,8 @@ class KnowledgeService:
         self.vectors = Vectors.from_settings(db, settings)  # dense retrieval
         # which embedding models are configured
         self.embedding_models = embedding_models or self.vectors.knows
-        self.index = Index([KeywordRetriever(db), SemanticRetriever(self.vectors)])
+        keyword = KeywordRetriever(db, settings.kb_keyword_max_df)
+        self.index = Index([keyword, SemanticRetriever(self.vectors)])
         self.ingest = Ingestor(
             self.store, self.blobs, owner, settings.kb_index_concurrency,
             settings.heartbeat_interval,

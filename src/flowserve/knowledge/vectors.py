@@ -29,7 +29,7 @@ from flowserve.errors import BadFileError, ConfigError, ProviderError
 from flowserve.knowledge.chunking import Chunk
 from flowserve.knowledge.embedders import EmbedderRegistry
 from flowserve.knowledge.models import KbChunk, KbFile, KbVector, KnowledgeBase
-from flowserve.knowledge.search import _COLUMNS, Hit
+from flowserve.knowledge.search import COLUMNS, Hit
 from flowserve.providers.base import ProviderEnv
 from flowserve.providers.endpoints import EndpointPolicy
 from flowserve.store.database import Database
@@ -161,7 +161,7 @@ class Vectors:
 
 
 _CHUNKS = (
-    f"SELECT {_COLUMNS} FROM kb_chunks c JOIN kb_files f ON f.id = c.file_id WHERE c.id IN :ids"
+    f"SELECT {COLUMNS} FROM kb_chunks c JOIN kb_files f ON f.id = c.file_id WHERE c.id IN :ids"
 )
 
 
@@ -191,19 +191,5 @@ class SemanticRetriever:
             row = found.get(chunk_id)
             if row is None:  # deleted meanwhile
                 continue
-            hits.append(
-                Hit(
-                    chunk_id=row[0],
-                    knowledge_base_id=row[1],
-                    resource_id=row[2],
-                    document_name=row[3],
-                    chunk_index=row[4],
-                    text=row[5],
-                    page=row[6],
-                    heading=row[7],
-                    start=row[8],
-                    end=row[9],
-                    score=max(0.0, min(1.0, similarity)),
-                )
-            )
+            hits.append(Hit.of(row, score=max(0.0, min(1.0, similarity))))
         return hits
