@@ -127,12 +127,11 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     args = parser.parse_args()
 
-    from llama_cpp import Llama
-
+    from flowserve.providers import llama_loader
     from flowserve.providers.local import bundled_model_path
 
-    llm = Llama(
-        model_path=str(bundled_model_path()),
+    llm = llama_loader.load(
+        bundled_model_path(),
         n_ctx=2048,
         n_threads=os.cpu_count() or 2,
         seed=0,

@@ -16,10 +16,10 @@ def direct(
 ) -> str:
     """A new context with flowserve's default settings (n_ctx 2048, a thread per core,
     seed 0), the model's own chat template, greedy decoding."""
-    from llama_cpp import Llama
+    from flowserve.providers import llama_loader
 
-    llm = Llama(
-        model_path=model or str(bundled_model_path()),
+    llm = llama_loader.load(
+        model or bundled_model_path(),
         n_ctx=2048,
         n_threads=os.cpu_count() or 2,
         seed=0,

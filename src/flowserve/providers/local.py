@@ -142,9 +142,9 @@ class _Pool:
         return await self.free.get()
 
     def _load(self) -> Any:
-        from llama_cpp import Llama  # imported lazily: loading the library takes a moment
+        from flowserve.providers import llama_loader  # lazily: the library takes a moment
 
-        return Llama(model_path=str(self.path), verbose=False, **self.kwargs)
+        return llama_loader.load(self.path, verbose=False, **self.kwargs)
 
 
 class LocalProvider(Provider):

@@ -70,6 +70,8 @@ class LocalEmbedder(Embedder):
             if llm is None:
                 import llama_cpp
 
+                from flowserve.providers import llama_loader
+
                 path = self._path(model)
                 if path is None or not path.is_file():
                     raise ProviderUpstreamError(
@@ -77,8 +79,8 @@ class LocalEmbedder(Embedder):
                     )
                 settings = self.env.settings
                 n_ctx = int(settings.get("embedding_n_ctx", 512))
-                llm = llama_cpp.Llama(
-                    model_path=str(path),
+                llm = llama_loader.load(
+                    path,
                     embedding=True,
                     pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
                     n_ctx=n_ctx,
