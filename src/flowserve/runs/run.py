@@ -325,6 +325,11 @@ class Run:
         which is also what its client is told last. False if the run had already ended."""
         if self.state in FINAL:
             return False
+        # what the runner made before the stop and nobody took yet goes into the log (and
+        # so the record) ahead of the final word; what it makes after is left out of both
+        self.receive_nowait()
+        if self.state in FINAL:  # its own final word was among them
+            return False
         self.state = CANCELLED
         self.final = RunFinished(CANCELLED, reason, error_type, usage=self.usage)
         self.log.append(self.final, final=True)
@@ -336,6 +341,10 @@ class Run:
     def _observe(self, event: Event) -> None:
         # Narrowed by exact type, not isinstance: this runs once per token.
         kind = type(event)
+        if kind is NodeDelta and self.log.ended:
+            # text the runner made after the run's final word (a stop): no client can be
+            # sent it, so the record leaves it out too (what a resume replays == outputs)
+            return
         if kind is not RunFinished:  # the final word is logged by _settle or stop
             self.log.append(event)
         if kind is NodeDelta:
