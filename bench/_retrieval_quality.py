@@ -24,6 +24,7 @@ from flowserve.store.keys import KeyStore
 ORG = "bench"
 DENSE_MODEL = "local.smollm2-135m"
 DEEP = 50  # chunks asked for per query; a document ranks by its best chunk
+MAX_DFS = (1.0, 0.5, 0.2, 0.1, 0.05)  # kb_keyword_max_df settings compared
 
 
 class World:
@@ -121,6 +122,13 @@ async def quality(tmp: Path, pages: list[Page], dense_n: int, dense_chars: int) 
         }
         out["text_ingest"]["pages_per_s"] = len(pages) / out["text_ingest"]["seconds"]
         out["full_bm25"] = await evaluate(w, kb_id, targets, queried, "keyword")
+        keyword = w.knowledge.index.retrievers["keyword"]
+        default = keyword.max_df  # type: ignore[attr-defined]
+        out["max_df"] = {}
+        for max_df in MAX_DFS:
+            keyword.max_df = max_df  # type: ignore[attr-defined]
+            out["max_df"][str(max_df)] = await evaluate(w, kb_id, targets, queried, "keyword")
+        keyword.max_df = default  # type: ignore[attr-defined]
     subset = sorted(random.Random(150).sample(queried, min(dense_n, len(queried))), key=str)
     async with World(tmp, "dense") as w:
         kb_id = await w.kb(DENSE_MODEL)
@@ -170,8 +178,8 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def _latency(w: World, kb_id: str, queries: list[str]) -> dict[str, Any]:
-    for q in queries[:10]:  # warm the page cache and the connection pool
+async def _timed(w: World, kb_id: str, queries: list[str]) -> dict[str, Any]:
+    for q in queries[:10]:  # warm the page cache, the connection pool and the word counts
         await w.knowledge.index.search([kb_id], q, 10, "keyword")
     took = []
     for q in queries:
@@ -179,12 +187,68 @@ async def _latency(w: World, kb_id: str, queries: list[str]) -> dict[str, Any]:
         await w.knowledge.index.search([kb_id], q, 10, "keyword")
         took.append(1000 * (time.perf_counter() - t))
     return {
-        "chunks": await w.chunks(kb_id),
         "queries": len(queries),
         "p50_ms": _pct(took, 0.5),
         "p99_ms": _pct(took, 0.99),
         "max_ms": max(took),
     }
+
+
+async def _latency(w: World, kb_id: str, queries: list[str]) -> dict[str, Any]:
+    """Keyword latency at the default ``kb_keyword_max_df``, then at each of MAX_DFS."""
+    keyword = w.knowledge.index.retrievers["keyword"]
+    default = keyword.max_df  # type: ignore[attr-defined]
+    out = {"chunks": await w.chunks(kb_id), "max_df_default": default}
+    out.update(await _timed(w, kb_id, queries))
+    out["by_max_df"] = {}
+    for max_df in MAX_DFS:
+        keyword.max_df = max_df  # type: ignore[attr-defined]
+        out["by_max_df"][str(max_df)] = await _timed(w, kb_id, queries)
+    keyword.max_df = default  # type: ignore[attr-defined]
+    return out
+
+
+async def vector_scan(w: World, kb_id: str, dims: int, n_queries: int) -> dict[str, Any]:
+    """Exact nearest-vector search over every chunk of the KB (random unit vectors of
+    ``dims``, SmolLM2's width), top 10: in SQL (sqlite-vec) and in numpy, same answers."""
+    import numpy as np
+    from sqlalchemy import select
+
+    from flowserve.knowledge.models import KbChunk, KbVector
+
+    rng = np.random.default_rng(13)
+    async with w.db.session() as s:
+        ids = list((await s.scalars(select(KbChunk.id).where(KbChunk.kb_id == kb_id))).all())
+    t = time.perf_counter()
+    for start in range(0, len(ids), 5_000):
+        part = ids[start : start + 5_000]
+        m = rng.standard_normal((len(part), dims)).astype("<f4")
+        m /= np.linalg.norm(m, axis=1, keepdims=True)
+        async with w.db.session() as s:
+            s.add_all(
+                KbVector(chunk_id=c, kb_id=kb_id, model="bench.random", dimensions=dims,
+                         embedding=m[i].tobytes())
+                for i, c in enumerate(part)
+            )  # fmt: skip
+    written_s = time.perf_counter() - t
+    vectors = w.knowledge.vectors
+    out: dict[str, Any] = {"vectors": len(ids), "dims": dims, "write_s": written_s}
+    qs = rng.standard_normal((n_queries, dims))
+    qs = (qs / np.linalg.norm(qs, axis=1, keepdims=True)).astype("<f4")
+    answers = {}
+    for name, fn in (("sql", vectors._nearest_in_sql), ("numpy", vectors._nearest_in_numpy)):
+        if name == "sql" and not w.db.vector_functions:
+            continue
+        took, found = [], []
+        for q in qs:
+            t = time.perf_counter()
+            found.append(await fn([kb_id], "bench.random", q, 10))
+            took.append(1000 * (time.perf_counter() - t))
+        answers[name] = found
+        out[name] = {"queries": n_queries, "p50_ms": _pct(took, 0.5), "p99_ms": _pct(took, 0.99)}
+    if len(answers) == 2:
+        out["same_answers"] = answers["sql"] == answers["numpy"]
+    return out
 
 
 async def scaling(
@@ -228,4 +292,5 @@ async def scaling(
                     if made >= size:
                         break
             results.append(await _latency(w, kb_id, queries))
+        results[-1]["vector_scan"] = await vector_scan(w, kb_id, 576, 50)
     return results

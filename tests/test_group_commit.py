@@ -17,6 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import OperationalError
 
 from flowserve.errors import NotFoundError
+from flowserve.store import sqlite_driver
 from flowserve.store.database import Database, utcnow
 from flowserve.store.runs import RunStore
 
@@ -94,7 +95,8 @@ async def test_a_write_waits_out_a_real_lock_held_by_another_connection(store, t
         lambda conn, _: conn.cursor().execute("PRAGMA busy_timeout=0"),
     )
     await store.db.engine.dispose()
-    blocker = sqlite3.connect(tmp_path / "runs.db", isolation_level=None)
+    # the engine's own SQLite: another copy in this process would not see its locks
+    blocker = sqlite_driver.module().connect(tmp_path / "runs.db", isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
     writer = store.writer
     write, errors = writer._write, []

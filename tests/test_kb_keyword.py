@@ -86,7 +86,7 @@ def test_the_search_starts_from_the_full_text_index(world) -> None:
         finally:
             await db.aclose()
 
-    steps = asyncio.run(plan())
+    steps = [s for s in asyncio.run(plan()) if s.startswith(("SCAN", "SEARCH"))]
     assert steps[0].startswith("SCAN kb_chunks_fts VIRTUAL TABLE"), steps
     assert not any("ix_kb_chunks_kb" in step for step in steps), steps
 

@@ -4,17 +4,20 @@ A KB whose ``embedding_model`` is set gets one vector per chunk, made by the emb
 name's prefix names (:mod:`flowserve.knowledge.embedders`) and stored L2-normalised as
 float32 bytes in ``kb_vectors`` (migration 0006), deleted with its chunk by the foreign key.
 
-Search is exact: the query is embedded with each KB's model, and every vector of those KBs
-is scored in numpy (a dot product of normalised vectors is their cosine), then the best
-``top_k`` chunks are read. Scores are the cosine clipped at 0 (contract 3.7). The same SQL
-runs on SQLite and PostgreSQL, so semantic and hybrid search work on both.
+Search is exact (every vector of the KBs is scored; at these sizes an approximate index
+buys little and loses recall): the query is embedded with each KB's model, and on SQLite
+with sqlite-vec loaded (:mod:`flowserve.store.sqlite_driver`) the database ranks the KBs'
+vectors by ``vec_distance_cosine`` and returns the best ``top_k``; elsewhere (PostgreSQL, or
+SQLite without the extension) the vectors are read and scored in numpy (a dot product of
+normalised vectors is their cosine). Both give the same ranking. Scores are the cosine
+clipped at 0 (contract 3.7).
 
-Not sqlite-vec or pgvector, for now: this Python's ``sqlite3`` (pyenv's build) has no
-``enable_load_extension``, so sqlite-vec cannot be loaded into aiosqlite's connections, and
-pgvector is not packaged for this machine's PostgreSQL 15 (see bench/RESULTS.md). An exact
-scan is what sqlite-vec's ``vec0`` does too (no approximate index); the cost is reading a
-KB's vectors per query (measured in the retrieval benchmark). Swapping in either extension
-changes only :meth:`Vectors.nearest`.
+Vectors stay rows of ``kb_vectors`` in sqlite-vec's own float32 format rather than a
+``vec0`` virtual table: ``vec0`` fixes one dimension per table while each KB may pick its
+model, its scan is exact too, and triggers into it would make every connection that deletes
+a chunk need the extension (the ``sqlite3`` shell, a Python without it). pgvector is not
+packaged for this machine's PostgreSQL 15 (Debian bookworm has no ``postgresql-15-pgvector``),
+so PostgreSQL keeps the numpy path behind the same :meth:`Vectors.nearest`.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ if TYPE_CHECKING:
     import numpy as np
 
     from flowserve.config import Settings
+
+
+DIGITS = 6  # of a similarity (see _NEAREST)
 
 
 def model_of(kb: KnowledgeBase) -> str | None:
@@ -137,27 +143,56 @@ class Vectors:
         scored: list[tuple[int, float]] = []
         for model, ids in by_model.items():
             q = _unit(np.asarray(await self.embedders.embed(model, [query]), dtype=np.float64))[0]
-            async with self.db.engine.connect() as conn:
-                rows = (
-                    await conn.execute(
-                        select(KbVector.chunk_id, KbVector.embedding).where(
-                            KbVector.kb_id.in_(ids), KbVector.model == model
-                        )
-                    )
-                ).all()
-            if not rows:
-                continue
-            chunk_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4")
-            matrix = matrix.reshape(len(rows), -1)
-            if matrix.shape[1] != q.shape[0]:
-                continue  # vectors of an older model of the same name: re-indexed soon
-            sims = matrix @ q
-            keep = min(top_k, len(rows))
-            best = np.argpartition(-sims, keep - 1)[:keep]
-            scored.extend((int(chunk_ids[i]), float(sims[i])) for i in best)
+            if self.db.vector_functions:
+                scored.extend(await self._nearest_in_sql(ids, model, q, top_k))
+            else:
+                scored.extend(await self._nearest_in_numpy(ids, model, q, top_k))
         scored.sort(key=lambda pair: (-pair[1], pair[0]))
         return scored[:top_k]
+
+    async def _nearest_in_sql(
+        self, kb_ids: list[str], model: str, q: np.ndarray, top_k: int
+    ) -> list[tuple[int, float]]:
+        # dimensions = the query's: vectors of an older model of the same name (re-indexed
+        # soon) are skipped, as vec_distance_cosine refuses vectors of unequal length
+        params = {"ids": kb_ids, "model": model, "dims": int(q.shape[0]), "q": q.tobytes()}
+        params["k"] = top_k
+        async with self.db.engine.connect() as conn:
+            rows = (await conn.execute(_NEAREST, params)).all()
+        return [(int(chunk_id), float(similarity)) for chunk_id, similarity in rows]
+
+    async def _nearest_in_numpy(
+        self, kb_ids: list[str], model: str, q: np.ndarray, top_k: int
+    ) -> list[tuple[int, float]]:
+        np = _numpy()
+        async with self.db.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(KbVector.chunk_id, KbVector.embedding).where(
+                        KbVector.kb_id.in_(kb_ids), KbVector.model == model
+                    )
+                )
+            ).all()
+        if not rows:
+            return []
+        chunk_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4")
+        matrix = matrix.reshape(len(rows), -1)
+        if matrix.shape[1] != q.shape[0]:
+            return []  # vectors of an older model of the same name: re-indexed soon
+        sims = np.round((matrix @ q).astype(np.float64), DIGITS)
+        best = np.lexsort((chunk_ids, -sims))[:top_k]  # best first, ties by chunk id
+        return [(int(chunk_ids[i]), float(sims[i])) for i in best]
+
+
+# sqlite-vec's cosine distance is 1 - cosine; the vectors are float32 BLOBs, its own format.
+# Similarities are rounded to DIGITS places on both paths: float32 sums in another order
+# differ in the 7th digit, and the same ranking (ties by chunk id) must come from either.
+_NEAREST = text(
+    f"SELECT chunk_id, round(1.0 - vec_distance_cosine(embedding, :q), {DIGITS}) AS similarity "
+    "FROM kb_vectors WHERE kb_id IN :ids AND model = :model AND dimensions = :dims "
+    "ORDER BY similarity DESC, chunk_id LIMIT :k"
+).bindparams(bindparam("ids", expanding=True))
 
 
 _CHUNKS = (

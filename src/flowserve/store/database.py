@@ -10,6 +10,8 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
+from flowserve.store import sqlite_driver
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -19,8 +21,13 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         kwargs: dict[str, Any] = {}
+        # whether SQL can rank vectors (sqlite-vec's vec_distance_cosine; sqlite_driver)
+        self.vector_functions = False
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30}
+            module, self.vector_functions = sqlite_driver.driver()
+            if module is not None:
+                kwargs["module"] = module
         else:
             # A server (PostgreSQL) may restart or drop idle connections: each one is
             # checked as it leaves the pool, and a dead one replaced, so the next request
