@@ -61,3 +61,23 @@ def test_embedding_the_app_leaves_the_collector_alone(tmp_path) -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*threshold)
+
+
+def test_closing_the_services_closes_the_embedders(tmp_path) -> None:
+    import asyncio
+
+    from flowserve.services import Services
+
+    async def go() -> tuple[int, int]:
+        services = Services.build(
+            Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'c.db'}", warm_up=False)
+        )
+        embedders = services.knowledge.vectors.embedders
+        vectors = await embedders.embed("local.smollm2-135m", ["hello there"])
+        used = len(embedders._instances)
+        await services.aclose()
+        assert len(vectors) == 1
+        return used, len(embedders._instances)
+
+    used, left = asyncio.run(go())
+    assert used == 1 and left == 0  # the local model was loaded, then let go

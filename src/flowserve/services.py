@@ -178,6 +178,7 @@ class Services:
             await self.cluster.aclose()
         finally:
             await self.registry.aclose()
+            await self.knowledge.vectors.embedders.aclose()  # their HTTP clients, local models
             await self.db.aclose()
 
 

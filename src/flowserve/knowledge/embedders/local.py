@@ -102,7 +102,9 @@ class LocalEmbedder(Embedder):
         return await anyio.to_thread.run_sync(loop_future.result)
 
     async def aclose(self) -> None:
-        self._executor.shutdown(wait=False)
+        # the text being embedded finishes first: closing a model under llama.cpp's hands
+        # would crash the process
+        await anyio.to_thread.run_sync(lambda: self._executor.shutdown(wait=True))
         with self._lock:
             for llm in self._models.values():
                 llm.close()
