@@ -34,7 +34,8 @@ def _vector_lines(v: dict[str, Any] | None) -> list[str]:
         f"`sql`: sqlite-vec's `vec_distance_cosine` ranking inside SQLite "
         f"(flowserve.knowledge.vectors, on pysqlite3's SQLite); `numpy`: the vectors read and "
         f"scored in Python (the PostgreSQL path). Random unit vectors, the query's embedding "
-        f"excluded (a model call). Same top 10 from both: {v.get('same_answers')}.",
+        f"excluded (a model call). Same top 10 in the same order from both: "
+        f"{v.get('same_order')}; largest score difference {v.get('max_score_diff', 0):.1g}.",
         "",
     ]
 

@@ -99,3 +99,54 @@ def test_the_setting_is_checked(tmp_path: Path) -> None:
     for bad in (0, -0.1, 1.5):
         with pytest.raises(ValidationError):
             Settings(kb_keyword_max_df=bad)
+
+
+def test_a_word_is_counted_again_once_the_table_has_grown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    from flowserve.config import Settings
+    from flowserve.knowledge import keyword
+    from flowserve.knowledge.params import CreateKnowledgeBase
+    from flowserve.knowledge.service import KnowledgeService
+    from flowserve.knowledge.upload import Received
+    from flowserve.store.keys import KeyStore
+
+    monkeypatch.setattr(keyword, "TOTAL_TTL", 0.0)  # the table's size is read every query
+    url = f"sqlite+aiosqlite:///{tmp_path / 'grow.db'}"
+
+    async def go() -> tuple[list[str], list[str]]:
+        db = Database(url)
+        await db.create_schema()
+        try:
+            await KeyStore(db).create_org("acme")
+            settings = Settings(database_url=url, kb_storage_dir=tmp_path / "kb")
+            knowledge = KnowledgeService(db, settings, owner="t")
+            body = CreateKnowledgeBase.model_validate(
+                {"indexing_params": {"chunker_params": {"chunk_size": 40, "chunk_overlap": 0}}}
+            )
+            kb_id = (await knowledge.create("acme", body))["knowledge_base_id"]
+
+            async def add(name: str, data: bytes) -> None:
+                temp = knowledge.blobs.new_temp()
+                temp.write_bytes(data)
+                received = Received(temp, len(data), hashlib.sha256(data).hexdigest(), name)
+                rid, _ = await knowledge.upload("acme", kb_id, received)
+                await knowledge.ingest.index_file(rid)
+
+            async def texts(query: str) -> list[str]:
+                return [h.text for h in await knowledge.index.search([kb_id], query, 10)]
+
+            await add("notes.txt", _text())  # "lion" in one chunk of ~1,200
+            before = await texts("lion zebra")
+            lions = "\n\n".join(f"Lion {i} sleeps here." for i in range(1_400))
+            await add("lions.txt", lions.encode())  # now in more than half the chunks
+            return before, await texts("lion zebra")
+        finally:
+            await db.aclose()
+
+    before, after = asyncio.run(go())
+    assert len(before) == 3 and all("zebra" in t.lower() for t in before)
+    # "lion" is counted again (the table more than doubled): left out, it pads nothing
+    assert len(after) == 3 and all("zebra" in t.lower() for t in after)

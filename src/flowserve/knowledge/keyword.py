@@ -22,7 +22,8 @@ only chunks whose sole match was such a word (scored ~0) drop out. Tables under
 :data:`PRUNE_FROM` chunks are searched with every word. A lower share is faster
 and drops words that do weigh a little (bench/retrieval.py measures both). When every word is
 that common the rarest one is kept. How many chunks hold a word is counted by the index
-itself and kept for :data:`DF_TTL` seconds per process. The counts are over the whole table
+itself and kept per process for :data:`DF_TTL` seconds, or until the table's size has
+changed by :data:`DF_DRIFT`. The counts are over the whole table
 (all orgs), as BM25's own are.
 
 The statement names the full-text table first with ``CROSS JOIN``, which SQLite takes as the
@@ -51,6 +52,7 @@ from flowserve.store.database import Database
 
 DF_TTL = 300.0  # seconds a word's chunk count is reused
 TOTAL_TTL = 10.0  # and the count of all chunks (so a table that grows fast is not pruned hard)
+DF_DRIFT = 0.1  # a word is counted again once the table has changed size by this share
 DF_CACHE_WORDS = 50_000
 PRUNE_FROM = 1_000  # chunks: a smaller table is fast to score whole
 
@@ -83,31 +85,40 @@ def informative(words: Sequence[str], df: dict[str, int], total: int, max_df: fl
 
 
 class _Counts:
-    """How many chunks hold each word (for :data:`DF_TTL`), and how many chunks there are
-    (for :data:`TOTAL_TTL`). A stale count errs the safe way: a word counted when the table
-    was smaller is kept, and a table that grew is counted again within seconds."""
+    """How many chunks hold each word, and how many chunks there are (counted again after
+    :data:`TOTAL_TTL`). A word's count is reused for :data:`DF_TTL`, and only while the
+    table is within :data:`DF_DRIFT` of its size when the word was counted: a count from a
+    table since grown tenfold would keep every word (slow), one since shrunk would drop
+    words that now weigh."""
 
     def __init__(self) -> None:
-        self.words: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        # word -> (when counted, chunks holding it, chunks in all then)
+        self.words: OrderedDict[str, tuple[float, int, int]] = OrderedDict()
         self.total: tuple[float, int] | None = None
+
+    def _fresh(self, cached: tuple[float, int, int] | None, now: float, total: int) -> bool:
+        if cached is None or now - cached[0] > DF_TTL:
+            return False
+        return abs(total - cached[2]) <= DF_DRIFT * max(cached[2], 1)
 
     async def of(self, conn: AsyncConnection, words: Sequence[str]) -> tuple[int, dict[str, int]]:
         now = time.monotonic()
         if self.total is None or now - self.total[0] > TOTAL_TTL:
             self.total = (now, int((await conn.execute(_COUNT_ALL)).scalar_one()))
+        total = self.total[1]
         df: dict[str, int] = {}
         for word in words:
             cached = self.words.get(word)
-            if cached is None or now - cached[0] > DF_TTL:
+            if cached is None or not self._fresh(cached, now, total):
                 match = f'"{word}"'  # \w+: no quote inside
                 count = int((await conn.execute(_COUNT_WORD, {"match": match})).scalar_one())
-                cached = (now, count)
+                cached = (now, count, total)
                 self.words[word] = cached
                 if len(self.words) > DF_CACHE_WORDS:
                     self.words.popitem(last=False)
             self.words.move_to_end(word)
             df[word] = cached[1]
-        return self.total[1], df
+        return total, df
 
 
 class KeywordRetriever:
