@@ -12,8 +12,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import bindparam, text
 
+from flowserve.config import Settings
 from flowserve.knowledge.keyword import _SQLITE, PRUNE_FROM
+from flowserve.knowledge.params import CreateKnowledgeBase
+from flowserve.knowledge.service import KnowledgeService
 from flowserve.store.database import Database
+from flowserve.store.keys import KeyStore
 from tests.conftest import Server, start_server, stop_server
 from tests.kb_helpers import KB
 
@@ -94,11 +98,22 @@ def test_the_search_starts_from_the_full_text_index(world) -> None:
 def test_the_setting_is_checked(tmp_path: Path) -> None:
     from pydantic import ValidationError
 
-    from flowserve.config import Settings
-
     for bad in (0, -0.1, 1.5):
         with pytest.raises(ValidationError):
             Settings(kb_keyword_max_df=bad)
+
+
+async def _service(tmp: Path, name: str, body: dict) -> tuple[Database, KnowledgeService, str]:
+    """A SQLite database of its own with org acme, the knowledge service and one KB."""
+    url = f"sqlite+aiosqlite:///{tmp / (name + '.db')}"
+    db = Database(url)
+    await db.create_schema()
+    await KeyStore(db).create_org("acme")
+    knowledge = KnowledgeService(
+        db, Settings(database_url=url, kb_storage_dir=tmp / name), owner="t"
+    )
+    made = await knowledge.create("acme", CreateKnowledgeBase.model_validate(body))
+    return db, knowledge, made["knowledge_base_id"]
 
 
 def test_a_word_is_counted_again_once_the_table_has_grown(
@@ -106,27 +121,15 @@ def test_a_word_is_counted_again_once_the_table_has_grown(
 ) -> None:
     import hashlib
 
-    from flowserve.config import Settings
     from flowserve.knowledge import keyword
-    from flowserve.knowledge.params import CreateKnowledgeBase
-    from flowserve.knowledge.service import KnowledgeService
     from flowserve.knowledge.upload import Received
-    from flowserve.store.keys import KeyStore
 
     monkeypatch.setattr(keyword, "TOTAL_TTL", 0.0)  # the table's size is read every query
-    url = f"sqlite+aiosqlite:///{tmp_path / 'grow.db'}"
 
     async def go() -> tuple[list[str], list[str]]:
-        db = Database(url)
-        await db.create_schema()
+        params = {"chunker_params": {"chunk_size": 40, "chunk_overlap": 0}}
+        db, knowledge, kb_id = await _service(tmp_path, "grow", {"indexing_params": params})
         try:
-            await KeyStore(db).create_org("acme")
-            settings = Settings(database_url=url, kb_storage_dir=tmp_path / "kb")
-            knowledge = KnowledgeService(db, settings, owner="t")
-            body = CreateKnowledgeBase.model_validate(
-                {"indexing_params": {"chunker_params": {"chunk_size": 40, "chunk_overlap": 0}}}
-            )
-            kb_id = (await knowledge.create("acme", body))["knowledge_base_id"]
 
             async def add(name: str, data: bytes) -> None:
                 temp = knowledge.blobs.new_temp()
@@ -150,3 +153,56 @@ def test_a_word_is_counted_again_once_the_table_has_grown(
     assert len(before) == 3 and all("zebra" in t.lower() for t in before)
     # "lion" is counted again (the table more than doubled): left out, it pads nothing
     assert len(after) == 3 and all("zebra" in t.lower() for t in after)
+
+
+def test_maxscore_gives_the_full_statements_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Zipf-like corpus of 1,600 chunks and 120 queries of common and rare words: the
+    two-statement MaxScore search returns the one full statement's hits, scores and all."""
+    import random
+
+    from sqlalchemy import insert
+
+    from flowserve.knowledge import keyword, maxscore
+    from flowserve.knowledge.models import KbChunk
+
+    rng = random.Random(11)
+    vocab = [f"w{i}" for i in range(3_000)]
+    weights = [1.0 / (i + 1) for i in range(len(vocab))]  # w0 in most chunks, w2999 rare
+    taken: list[bool] = []
+    real_exact = maxscore.exact
+    monkeypatch.setattr(maxscore, "exact", lambda *a: taken.append(real_exact(*a)) or taken[-1])
+
+    async def go() -> tuple[list, list]:
+        db, knowledge, kb_id = await _service(tmp_path, "ms", {"name": "z"})
+        try:
+            file_id, _, _ = await knowledge.store.put_file(
+                kb_id, "z.txt", "0" * 64, "text/plain", "text", 1, "t"
+            )
+            async with db.session() as s:
+                rows = []
+                for i in range(1_600):
+                    words = rng.choices(vocab, weights, k=rng.randint(20, 120))
+                    body = " ".join(words)
+                    rows.append({"kb_id": kb_id, "file_id": file_id, "chunk_index": i,
+                                 "text": body, "heading": None, "page": None,
+                                 "char_start": 0, "char_end": len(body)})  # fmt: skip
+                await s.execute(insert(KbChunk), rows)
+            fast = keyword.KeywordRetriever(db, 0.5, maxscore=True)
+            plain = keyword.KeywordRetriever(db, 0.5, maxscore=False)
+            a, b = [], []
+            for _ in range(120):
+                common = rng.choices(vocab[:30], k=rng.randint(1, 4))
+                rare = rng.sample(vocab[30:], k=rng.randint(1, 3))
+                query = " ".join(rng.sample(common + rare, k=len(common) + len(rare)))
+                a.append(await fast.search([kb_id], query, 10))
+                b.append(await plain.search([kb_id], query, 10))
+            return a, b
+        finally:
+            await db.aclose()
+
+    fast, plain = asyncio.run(go())
+    assert fast == plain  # the same chunks, in the same order, with the same scores
+    assert sum(taken) >= 60  # and most queries were answered by the two smaller statements
+    assert any(len(hits) == 10 for hits in fast)

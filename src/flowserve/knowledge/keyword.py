@@ -34,8 +34,9 @@ matching chunk's text made the query ~15% slower at 100k chunks.
 
 What is left is FTS5 itself: it scores every chunk holding any kept word (a query of nine
 words, some in 40% of the chunks, matches 93k of 100k and takes ~90 ms on this machine; the
-same count without scores 8 ms). Skipping chunks that cannot reach the top (MaxScore, WAND)
-is not something FTS5 offers.
+same count without scores 8 ms). FTS5 has no way to skip chunks that cannot reach the top,
+so :mod:`flowserve.knowledge.maxscore` does it with two smaller statements where that is
+provably exact, and falls back to the one statement where it is not.
 """
 
 from __future__ import annotations
@@ -43,15 +44,17 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from flowserve.knowledge import maxscore
 from flowserve.knowledge.search import COLUMNS, Hit, normalise, terms
 from flowserve.store.database import Database
 
-DF_TTL = 300.0  # seconds a word's chunk count is reused
-TOTAL_TTL = 10.0  # and the count of all chunks (so a table that grows fast is not pruned hard)
+DF_TTL = 60.0  # seconds a word's chunk count is reused
+TOTAL_TTL = 2.0  # and the count of all chunks (cheap: SQLite counts from its smallest index)
 DF_DRIFT = 0.1  # a word is counted again once the table has changed size by this share
 DF_CACHE_WORDS = 50_000
 PRUNE_FROM = 1_000  # chunks: a smaller table is fast to score whole
@@ -71,6 +74,7 @@ _POSTGRES = (
     "WHERE c.tsv @@ q.query AND c.kb_id IN :kb_ids "
     "ORDER BY score DESC, c.id LIMIT :top_k"
 )
+_SQLITE_STATEMENT = text(_SQLITE).bindparams(bindparam("kb_ids", expanding=True))
 _COUNT_ALL = text("SELECT count(*) FROM kb_chunks")
 _COUNT_WORD = text("SELECT count(*) FROM kb_chunks_fts WHERE kb_chunks_fts MATCH :match")
 
@@ -126,8 +130,9 @@ class KeywordRetriever:
 
     strategy = "keyword"
 
-    def __init__(self, db: Database, max_df: float = 0.5) -> None:
+    def __init__(self, db: Database, max_df: float = 0.5, maxscore: bool = True) -> None:
         self.db = db
+        self.maxscore = maxscore  # off: the one statement (the tests compare the two)
         self.dialect = db.engine.dialect.name
         self.max_df = max_df
         self.counts = _Counts()
@@ -144,12 +149,36 @@ class KeywordRetriever:
                 sql = _POSTGRES.format(query=f"SELECT {tsquery} AS query")
                 params.update(zip(names, words, strict=True))
             else:
-                total, df = await self.counts.of(conn, words)
-                words = informative(words, df, total, self.max_df)
-                if not words:
-                    return []
-                sql = _SQLITE
-                params["match"] = " OR ".join(f'"{w}"' for w in words)
+                return normalise([Hit.of(row) for row in await self._sqlite(conn, words, params)])
             statement = text(sql).bindparams(bindparam("kb_ids", expanding=True))
             rows = (await conn.execute(statement, params)).all()
         return normalise([Hit.of(row) for row in rows])
+
+    async def _sqlite(
+        self, conn: AsyncConnection, words: list[str], params: dict[str, object]
+    ) -> Sequence[Any]:
+        total, df = await self.counts.of(conn, words)
+        words = informative(words, df, total, self.max_df)
+        if not words:
+            return []
+        words.sort(key=lambda w: (df.get(w, 0), w))  # rarest first, in every statement
+        top_k = int(params["top_k"])  # type: ignore[call-overload]
+
+        async def ranked(match: str) -> Sequence[Any]:
+            return (await conn.execute(_SQLITE_STATEMENT, {**params, "match": match})).all()
+
+        if self.maxscore and total >= PRUNE_FROM:
+            for cut in maxscore.CUTS:
+                essential, rest = maxscore.split(words, df, total, cut)
+                if not rest:
+                    break  # nothing common left out: the one statement is as cheap
+                only = await ranked(_any(essential))
+                both = await ranked(f"({_any(essential)}) AND ({_any(rest)})")
+                best = maxscore.merged(only, both, top_k)
+                if maxscore.exact(best, top_k, maxscore.bound(rest, df, total)):
+                    return best
+        return await ranked(_any(words))
+
+
+def _any(words: Sequence[str]) -> str:
+    return " OR ".join(f'"{w}"' for w in words)  # \w+: no quote inside
