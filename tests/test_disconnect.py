@@ -31,9 +31,11 @@ def record(server: Server, flow: str, run_id: str) -> dict:
 
 
 def settled(server: Server, flow: str, run_id: str, since: float) -> dict:
-    """The run's record once it is no longer RUNNING (or after 10 s from ``since``)."""
+    """The run's record once it is no longer RUNNING (or after 10 s from ``since``). A run
+    that ended before its RUNNING row was due has no record (404) until its final one is
+    written, a moment after the client left."""
     rec = record(server, flow, run_id)
-    while rec["state"] == "RUNNING" and time.monotonic() - since < 10:
+    while rec.get("state", "RUNNING") == "RUNNING" and time.monotonic() - since < 10:
         time.sleep(0.05)
         rec = record(server, flow, run_id)
     return rec

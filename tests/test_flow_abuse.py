@@ -102,14 +102,15 @@ def test_healthz_answers_while_a_large_flow_is_being_published(srv: Server) -> N
 
     worker = threading.Thread(target=publish)
     worker.start()
-    time.sleep(0.3)  # the body is in and being parsed
+    time.sleep(0.1)  # the body is in (1 MB over loopback) and being parsed
     health = httpx.get(f"{srv.base_url}/healthz", timeout=30)
     finished["healthz"] = time.monotonic()
     worker.join(timeout=120)
     assert health.status_code == 200
     assert finished["status"] == 201
-    # healthz came back well before the publish did, instead of queueing behind it
-    assert finished["publish"] - finished["healthz"] > 0.3, finished
+    # healthz came back well before the publish did, instead of queueing behind it (the
+    # publish takes ~0.6 s on a fast core, several seconds on a slow one)
+    assert finished["publish"] - finished["healthz"] > 0.1, finished
 
 
 DOUBLING = "\n".join(
