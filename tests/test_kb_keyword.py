@@ -189,8 +189,8 @@ def test_maxscore_gives_the_full_statements_answer(
                                  "text": body, "heading": None, "page": None,
                                  "char_start": 0, "char_end": len(body)})  # fmt: skip
                 await s.execute(insert(KbChunk), rows)
-            fast = keyword.KeywordRetriever(db, 0.5, maxscore=True)
-            plain = keyword.KeywordRetriever(db, 0.5, maxscore=False)
+            fast = keyword.KeywordRetriever(db, 0.5, use_maxscore=True)
+            plain = keyword.KeywordRetriever(db, 0.5, use_maxscore=False)
             a, b = [], []
             for _ in range(120):
                 common = rng.choices(vocab[:30], k=rng.randint(1, 4))

@@ -85,7 +85,7 @@ def informative(words: Sequence[str], df: dict[str, int], total: int, max_df: fl
     if max_df >= 1.0 or total < PRUNE_FROM:
         return list(words)
     kept = [w for w in words if df.get(w, 0) < max_df * total]
-    return kept or [min(words, key=lambda w: (df.get(w, 0), words.index(w)))]
+    return kept or [min(words, key=lambda w: df.get(w, 0))]  # min keeps the first of ties
 
 
 class _Counts:
@@ -100,10 +100,10 @@ class _Counts:
         self.words: OrderedDict[str, tuple[float, int, int]] = OrderedDict()
         self.total: tuple[float, int] | None = None
 
-    def _fresh(self, cached: tuple[float, int, int] | None, now: float, total: int) -> bool:
-        if cached is None or now - cached[0] > DF_TTL:
-            return False
-        return abs(total - cached[2]) <= DF_DRIFT * max(cached[2], 1)
+    @staticmethod
+    def _fresh(cached: tuple[float, int, int], now: float, total: int) -> bool:
+        when, _, then = cached
+        return now - when <= DF_TTL and abs(total - then) <= DF_DRIFT * max(then, 1)
 
     async def of(self, conn: AsyncConnection, words: Sequence[str]) -> tuple[int, dict[str, int]]:
         now = time.monotonic()
@@ -114,8 +114,8 @@ class _Counts:
         for word in words:
             cached = self.words.get(word)
             if cached is None or not self._fresh(cached, now, total):
-                match = f'"{word}"'  # \w+: no quote inside
-                count = int((await conn.execute(_COUNT_WORD, {"match": match})).scalar_one())
+                match = {"match": _any([word])}
+                count = int((await conn.execute(_COUNT_WORD, match)).scalar_one())
                 cached = (now, count, total)
                 self.words[word] = cached
                 if len(self.words) > DF_CACHE_WORDS:
@@ -130,9 +130,9 @@ class KeywordRetriever:
 
     strategy = "keyword"
 
-    def __init__(self, db: Database, max_df: float = 0.5, maxscore: bool = True) -> None:
+    def __init__(self, db: Database, max_df: float = 0.5, use_maxscore: bool = True) -> None:
         self.db = db
-        self.maxscore = maxscore  # off: the one statement (the tests compare the two)
+        self.use_maxscore = use_maxscore  # off: the one statement (the tests compare the two)
         self.dialect = db.engine.dialect.name
         self.max_df = max_df
         self.counts = _Counts()
@@ -142,32 +142,35 @@ class KeywordRetriever:
         if not words or not kb_ids:
             return []
         params: dict[str, object] = {"kb_ids": list(kb_ids), "top_k": top_k}
+        search = self._postgres if self.dialect == "postgresql" else self._sqlite
         async with self.db.engine.connect() as conn:
-            if self.dialect == "postgresql":
-                names = [f"w{i}" for i in range(len(words))]
-                tsquery = " || ".join(f"plainto_tsquery('english', :{n})" for n in names)
-                sql = _POSTGRES.format(query=f"SELECT {tsquery} AS query")
-                params.update(zip(names, words, strict=True))
-            else:
-                return normalise([Hit.of(row) for row in await self._sqlite(conn, words, params)])
-            statement = text(sql).bindparams(bindparam("kb_ids", expanding=True))
-            rows = (await conn.execute(statement, params)).all()
+            rows = await search(conn, words, params, top_k)
         return normalise([Hit.of(row) for row in rows])
 
+    async def _postgres(
+        self, conn: AsyncConnection, words: list[str], params: dict[str, object], _top_k: int
+    ) -> Sequence[Any]:  # top_k is in params, as the statement's LIMIT
+        names = [f"w{i}" for i in range(len(words))]
+        tsquery = " || ".join(f"plainto_tsquery('english', :{n})" for n in names)
+        sql = _POSTGRES.format(query=f"SELECT {tsquery} AS query")
+        statement = text(sql).bindparams(bindparam("kb_ids", expanding=True))
+        return (
+            await conn.execute(statement, {**params, **dict(zip(names, words, strict=True))})
+        ).all()
+
     async def _sqlite(
-        self, conn: AsyncConnection, words: list[str], params: dict[str, object]
+        self, conn: AsyncConnection, words: list[str], params: dict[str, object], top_k: int
     ) -> Sequence[Any]:
         total, df = await self.counts.of(conn, words)
         words = informative(words, df, total, self.max_df)
         if not words:
             return []
         words.sort(key=lambda w: (df.get(w, 0), w))  # rarest first, in every statement
-        top_k = int(params["top_k"])  # type: ignore[call-overload]
 
         async def ranked(match: str) -> Sequence[Any]:
             return (await conn.execute(_SQLITE_STATEMENT, {**params, "match": match})).all()
 
-        if self.maxscore and total >= PRUNE_FROM:
+        if self.use_maxscore and total >= PRUNE_FROM:
             for cut in maxscore.CUTS:
                 essential, rest = maxscore.split(words, df, total, cut)
                 if not rest:

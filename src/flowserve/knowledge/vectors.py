@@ -155,8 +155,8 @@ class Vectors:
     ) -> list[tuple[int, float]]:
         # dimensions = the query's: vectors of an older model of the same name (re-indexed
         # soon) are skipped, as vec_distance_cosine refuses vectors of unequal length
-        params = {"ids": kb_ids, "model": model, "dims": int(q.shape[0]), "q": q.tobytes()}
-        params["k"] = top_k
+        params = {"ids": kb_ids, "model": model, "dims": int(q.shape[0]), "q": q.tobytes(),
+                  "k": top_k}  # fmt: skip
         async with self.db.engine.connect() as conn:
             rows = (await conn.execute(_NEAREST, params)).all()
         return [(int(chunk_id), float(similarity)) for chunk_id, similarity in rows]

@@ -31,10 +31,11 @@ class RunLog:
     def __len__(self) -> int:
         return len(self.events)
 
-    def append(self, event: Event, final: bool = False) -> None:
-        """Add an event; ``final``: the run's last, after which nothing more is kept."""
+    def append(self, event: Event, final: bool = False) -> bool:
+        """Add an event; ``final``: the run's last, after which nothing more is kept. Whether
+        it was kept."""
         if self.ended:
-            return
+            return False
         self.events.append(event)
         self.ended = final
         if self._waiters:
@@ -44,6 +45,7 @@ class RunLog:
             self._waiters.clear()
         if self._sink is not None and self._flush is None:
             self._flush = asyncio.get_running_loop().call_soon(self.flush)
+        return True
 
     def flush(self) -> None:
         """Hand what was appended since the last flush to the sink, as one batch."""

@@ -341,12 +341,11 @@ class Run:
     def _observe(self, event: Event) -> None:
         # Narrowed by exact type, not isinstance: this runs once per token.
         kind = type(event)
-        if kind is NodeDelta and self.log.ended:
-            # text the runner made after the run's final word (a stop): no client can be
-            # sent it, so the record leaves it out too (what a resume replays == outputs)
+        # the final word is logged by _settle or stop; text the runner made after it (a
+        # stop) is not kept by the log, so no client is sent it, and the record leaves it out
+        # too (what a resume replays == outputs)
+        if kind is not RunFinished and not self.log.append(event) and kind is NodeDelta:
             return
-        if kind is not RunFinished:  # the final word is logged by _settle or stop
-            self.log.append(event)
         if kind is NodeDelta:
             delta = cast(NodeDelta, event)
             parts = self._parts.get(delta.node_id)

@@ -5,7 +5,8 @@ loading) is installed, aiosqlite's connections are made by it instead of the sta
 library's ``sqlite3``, and each one loads ``sqlite-vec``, whose ``vec_distance_cosine`` ranks
 chunk vectors inside the database (flowserve.knowledge.vectors). Python's own ``sqlite3`` is
 often built without ``enable_load_extension`` (pyenv's is, here) and carries an older SQLite;
-FTS5 queries are ~25% faster on 3.51 (measured on the 100k-chunk retrieval benchmark).
+the same FTS5 query over 100k chunks took p50 82 ms on 3.51 against 112 ms on this Python's
+3.40 (a one-off comparison in raw SQL, not part of bench/).
 
 Without the wheels (a platform they are not built for) the standard module is used and
 vectors are scored in numpy: the same results, found the slower way.
