@@ -22,28 +22,28 @@ only chunks whose sole match was such a word (scored ~0) drop out. Tables under
 :data:`PRUNE_FROM` chunks are searched with every word. A lower share is faster
 and drops words that do weigh a little (bench/retrieval.py measures both). When every word is
 that common the rarest one is kept. How many chunks hold a word is counted by the index
-itself and kept per process for :data:`DF_TTL` seconds, or until the table's size has
-changed by :data:`DF_DRIFT`. The counts are over the whole table
-(all orgs), as BM25's own are.
+itself, over the whole table (all orgs, as BM25's own counts are), and kept per process for
+as long as the index is unchanged: FTS5 rewrites its structure record (row 10 of its data
+table, its first four bytes a change counter) on every write, so that record is the cache's
+key, read before and after each search.
 
-The statement names the full-text table first with ``CROSS JOIN``, which SQLite takes as the
-join order: left to choose, SQLite 3.51 starts from the KB's chunks and probes the index once
-per chunk (22 s instead of 0.1 s at 100k chunks, measured). The best ``top_k`` are chosen on
-(chunk id, score) alone and only they are joined for their text and file: sorting every
-matching chunk's text made the query ~15% slower at 100k chunks.
+The KB filter is part of the match: each chunk's KB is one token of the index (migration
+0007), and the words are confined to the text and the heading. Filtering by joining every
+matching chunk's row instead cost more than the scoring (at 100k chunks p50 86 ms against
+24). Only the best ``top_k`` are joined for their text and file, and checked once more
+against the KBs asked for.
 
 What is left is FTS5 itself: it scores every chunk holding any kept word (a query of nine
-words, some in 40% of the chunks, matches 93k of 100k and takes ~90 ms on this machine; the
-same count without scores 8 ms). FTS5 has no way to skip chunks that cannot reach the top,
-so :mod:`flowserve.knowledge.maxscore` does it with two smaller statements where that is
-provably exact, and falls back to the one statement where it is not.
+words, some in 40% of the chunks, matches 93k of 100k). FTS5 has no way to skip chunks that
+cannot reach the top, so :mod:`flowserve.knowledge.maxscore` restricts the match to chunks
+holding a rarer word where that is provably exact, and falls back to the one statement
+where it is not (or where the index changed during the search).
 """
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import bindparam, text
@@ -53,20 +53,15 @@ from flowserve.knowledge import maxscore
 from flowserve.knowledge.search import COLUMNS, Hit, normalise, terms
 from flowserve.store.database import Database
 
-DF_TTL = 60.0  # seconds a word's chunk count is reused
-TOTAL_TTL = 2.0  # and the count of all chunks (cheap: SQLite counts from its smallest index)
-DF_DRIFT = 0.1  # a word is counted again once the table has changed size by this share
-DF_CACHE_WORDS = 50_000
+DF_CACHE_WORDS = 50_000  # words counted per version of the index, at most
 PRUNE_FROM = 1_000  # chunks: a smaller table is fast to score whole
 
 _SQLITE = (
     f"SELECT {COLUMNS}, top.score FROM ("
-    "SELECT kb_chunks_fts.rowid AS id, -bm25(kb_chunks_fts, 1.0, 0.5) AS score "
-    "FROM kb_chunks_fts CROSS JOIN kb_chunks k ON k.id = kb_chunks_fts.rowid "
-    "WHERE kb_chunks_fts MATCH :match AND k.kb_id IN :kb_ids "
-    "ORDER BY score DESC, k.id LIMIT :top_k"
+    "SELECT rowid AS id, -bm25(kb_chunks_fts, 1.0, 0.5, 0.0) AS score FROM kb_chunks_fts "
+    "WHERE kb_chunks_fts MATCH :match ORDER BY score DESC, rowid LIMIT :top_k"
     ") AS top CROSS JOIN kb_chunks c ON c.id = top.id CROSS JOIN kb_files f ON f.id = c.file_id "
-    "ORDER BY top.score DESC, c.id"
+    "WHERE c.kb_id IN :kb_ids ORDER BY top.score DESC, c.id"
 )
 _POSTGRES = (
     f"SELECT {COLUMNS}, ts_rank_cd(c.tsv, q.query, 1) AS score "
@@ -75,8 +70,14 @@ _POSTGRES = (
     "ORDER BY score DESC, c.id LIMIT :top_k"
 )
 _SQLITE_STATEMENT = text(_SQLITE).bindparams(bindparam("kb_ids", expanding=True))
+_VERSION = text("SELECT block FROM kb_chunks_fts_data WHERE id = 10")  # FTS5's structure
 _COUNT_ALL = text("SELECT count(*) FROM kb_chunks")
 _COUNT_WORD = text("SELECT count(*) FROM kb_chunks_fts WHERE kb_chunks_fts MATCH :match")
+
+
+def kb_token(kb_id: str) -> str:
+    """A KB's token in the index: SQLite's ``hex(kb_id) || '0'`` (migration 0007)."""
+    return kb_id.encode().hex().upper() + "0"
 
 
 def informative(words: Sequence[str], df: dict[str, int], total: int, max_df: float) -> list[str]:
@@ -88,41 +89,42 @@ def informative(words: Sequence[str], df: dict[str, int], total: int, max_df: fl
     return kept or [min(words, key=lambda w: df.get(w, 0))]  # min keeps the first of ties
 
 
+@dataclass
 class _Counts:
-    """How many chunks hold each word, and how many chunks there are (counted again after
-    :data:`TOTAL_TTL`). A word's count is reused for :data:`DF_TTL`, and only while the
-    table is within :data:`DF_DRIFT` of its size when the word was counted: a count from a
-    table since grown tenfold would keep every word (slow), one since shrunk would drop
-    words that now weigh."""
+    """The chunks in all, and how many hold each word, at one version of the index."""
+
+    version: bytes | None
+    total: int
+    words: dict[str, int] = field(default_factory=dict)
+
+
+class _Counter:
+    """:class:`_Counts` for the index's current version, counted again when it changes.
+    A search that read one version counts into that version's object only, so counts made
+    while a write lands are never used by a search that sees no change before and after."""
 
     def __init__(self) -> None:
-        # word -> (when counted, chunks holding it, chunks in all then)
-        self.words: OrderedDict[str, tuple[float, int, int]] = OrderedDict()
-        self.total: tuple[float, int] | None = None
+        self.latest: _Counts | None = None
 
-    @staticmethod
-    def _fresh(cached: tuple[float, int, int], now: float, total: int) -> bool:
-        when, _, then = cached
-        return now - when <= DF_TTL and abs(total - then) <= DF_DRIFT * max(then, 1)
-
-    async def of(self, conn: AsyncConnection, words: Sequence[str]) -> tuple[int, dict[str, int]]:
-        now = time.monotonic()
-        if self.total is None or now - self.total[0] > TOTAL_TTL:
-            self.total = (now, int((await conn.execute(_COUNT_ALL)).scalar_one()))
-        total = self.total[1]
-        df: dict[str, int] = {}
+    async def of(self, conn: AsyncConnection, words: Sequence[str]) -> _Counts:
+        version = await _version(conn)
+        counts = self.latest
+        if counts is None or version is None or counts.version != version:
+            total = int((await conn.execute(_COUNT_ALL)).scalar_one())
+            counts = _Counts(version, total)
+            self.latest = counts
         for word in words:
-            cached = self.words.get(word)
-            if cached is None or not self._fresh(cached, now, total):
-                match = {"match": _any([word])}
-                count = int((await conn.execute(_COUNT_WORD, match)).scalar_one())
-                cached = (now, count, total)
-                self.words[word] = cached
-                if len(self.words) > DF_CACHE_WORDS:
-                    self.words.popitem(last=False)
-            self.words.move_to_end(word)
-            df[word] = cached[1]
-        return total, df
+            if word not in counts.words:
+                match = {"match": _words([word])}
+                counts.words[word] = int((await conn.execute(_COUNT_WORD, match)).scalar_one())
+                if len(counts.words) > DF_CACHE_WORDS:
+                    counts.words.pop(next(iter(counts.words)))
+        return counts
+
+
+async def _version(conn: AsyncConnection) -> bytes | None:
+    """FTS5's structure record (None before the index's first write: never cached)."""
+    return (await conn.execute(_VERSION)).scalar_one_or_none()
 
 
 class KeywordRetriever:
@@ -135,53 +137,67 @@ class KeywordRetriever:
         self.use_maxscore = use_maxscore  # off: the one statement (the tests compare the two)
         self.dialect = db.engine.dialect.name
         self.max_df = max_df
-        self.counts = _Counts()
+        self.counts = _Counter()
 
     async def search(self, kb_ids: Sequence[str], query: str, top_k: int) -> list[Hit]:
         words = terms(query)
         if not words or not kb_ids:
             return []
-        params: dict[str, object] = {"kb_ids": list(kb_ids), "top_k": top_k}
         search = self._postgres if self.dialect == "postgresql" else self._sqlite
         async with self.db.engine.connect() as conn:
-            rows = await search(conn, words, params, top_k)
+            rows = await search(conn, words, list(kb_ids), top_k)
         return normalise([Hit.of(row) for row in rows])
 
     async def _postgres(
-        self, conn: AsyncConnection, words: list[str], params: dict[str, object], _top_k: int
-    ) -> Sequence[Any]:  # top_k is in params, as the statement's LIMIT
+        self, conn: AsyncConnection, words: list[str], kb_ids: list[str], top_k: int
+    ) -> Sequence[Any]:
         names = [f"w{i}" for i in range(len(words))]
         tsquery = " || ".join(f"plainto_tsquery('english', :{n})" for n in names)
         sql = _POSTGRES.format(query=f"SELECT {tsquery} AS query")
         statement = text(sql).bindparams(bindparam("kb_ids", expanding=True))
-        return (
-            await conn.execute(statement, {**params, **dict(zip(names, words, strict=True))})
-        ).all()
+        params = {"kb_ids": kb_ids, "top_k": top_k, **dict(zip(names, words, strict=True))}
+        return (await conn.execute(statement, params)).all()
 
     async def _sqlite(
-        self, conn: AsyncConnection, words: list[str], params: dict[str, object], top_k: int
+        self, conn: AsyncConnection, words: list[str], kb_ids: list[str], top_k: int
     ) -> Sequence[Any]:
-        total, df = await self.counts.of(conn, words)
+        counts = await self.counts.of(conn, words)
+        total, df = counts.total, counts.words
         words = informative(words, df, total, self.max_df)
-        if not words:
-            return []
         words.sort(key=lambda w: (df.get(w, 0), w))  # rarest first, in every statement
+        kbs = _kbs(kb_ids)
 
         async def ranked(match: str) -> Sequence[Any]:
-            return (await conn.execute(_SQLITE_STATEMENT, {**params, "match": match})).all()
+            params = {"match": match, "kb_ids": kb_ids, "top_k": top_k}
+            return (await conn.execute(_SQLITE_STATEMENT, params)).all()
+
+        async def restricted(n: int) -> Sequence[Any] | None:
+            """The chunks holding one of the ``n`` rarest words, scored on all of them;
+            None when that is every word (the full statement is as cheap)."""
+            if n >= len(words):
+                return None
+            return await ranked(f"{kbs} AND {_words(words[:n])} AND ({_words(words[n:])} OR {kbs})")
 
         if self.use_maxscore and total >= PRUNE_FROM:
-            for cut in maxscore.CUTS:
-                essential, rest = maxscore.split(words, df, total, cut)
-                if not rest:
-                    break  # nothing common left out: the one statement is as cheap
-                only = await ranked(_any(essential))
-                both = await ranked(f"({_any(essential)}) AND ({_any(rest)})")
-                best = maxscore.merged(only, both, top_k)
-                if maxscore.exact(best, top_k, maxscore.bound(rest, df, total)):
-                    return best
-        return await ranked(_any(words))
+            n = maxscore.split(words, df, total)
+            best = await restricted(n)
+            if best is not None and not maxscore.exact(
+                best, top_k, maxscore.bound(words[n:], df, total)
+            ):
+                if len(best) < top_k:
+                    best = None  # no score known to be reached: nothing to bound by
+                else:
+                    best = await restricted(maxscore.grow(words, df, total, n, best[-1][-1]))
+            if best is not None and await _version(conn) == counts.version:
+                return best
+        return await ranked(f"{kbs} AND {_words(words)}")
 
 
-def _any(words: Sequence[str]) -> str:
-    return " OR ".join(f'"{w}"' for w in words)  # \w+: no quote inside
+def _words(words: Sequence[str]) -> str:
+    """Any of ``words`` in the text or the heading (``\\w+``: no quote inside)."""
+    return "{text heading} : (" + " OR ".join(f'"{w}"' for w in words) + ")"
+
+
+def _kbs(kb_ids: Sequence[str]) -> str:
+    """Chunks of any of ``kb_ids``, by their token."""
+    return "{fts_kb} : (" + " OR ".join(f'"{kb_token(k)}"' for k in kb_ids) + ")"

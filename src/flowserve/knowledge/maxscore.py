@@ -1,27 +1,31 @@
 """Exact top-k BM25 without scoring every matching chunk: MaxScore, on top of FTS5.
 
-FTS5 scores every chunk that holds any query word. BM25 is a sum over the query's words, each
-word's share at most ``idf * (k1 + 1)`` (term-frequency saturation; FTS5's k1 = 1.2, the
-text column's weight 1 the largest). So the words are split, rarest first, into *essential*
-ones (found in fewer than ``cut`` of all chunks) and the *rest* (common words, low idf),
-and two smaller statements replace the one:
+FTS5 scores every chunk its expression matches. BM25 is a sum over the query's words, each
+word's share less than ``idf * (k1 + 1)`` (term-frequency saturation; FTS5's k1 = 1.2, the
+text column's weight 1 the largest). So the words, rarest first, are split into an
+*essential* prefix and the *rest*, and flowserve.knowledge.keyword runs
 
-- ``essential OR …``: every chunk holding an essential word, scored on those words;
-- ``(essential OR …) AND (rest OR …)``: the chunks holding both kinds, scored on all words.
+    KB AND {text heading} : (essential OR …) AND ({text heading} : (rest OR …) OR KB)
 
-A chunk's full score is the second one's where it has one, else the first's (it holds none
-of the rest). Both keep their best ``top_k``; merged, they are the exact best ``top_k`` of
-every chunk holding an essential word. A chunk holding only common words scores at most
-:func:`bound` of them; if the ``top_k``-th best beats that, the answer is exact. Otherwise
-the next ``cut`` of :data:`CUTS` is tried, and in the end the one full statement (a query
-of only fairly common words: nothing rare enough to bound the rest by).
+where ``KB`` is the KB's own token (migration 0007), found in every chunk of the KB. It
+matches only chunks holding an essential word, but scores them on **every** word: the last
+group always matches, and FTS5 counts a phrase's hits in a chunk wherever the phrase's own
+branch matched, so a rest word in the chunk counts as it does in the full statement (the KB
+token weighs 0). Its best ``top_k`` are the exact best among the chunks holding an essential
+word, and a chunk holding none scores less than :func:`bound` of the rest: when the
+``top_k``-th best beats that, the answer is exact.
 
-Each phrase's share is FTS5's own (its idf over the whole table, the chunk's length), so the
-scores are the full statement's to the last bit when the phrases come in the same order: the
-callers always list words rarest first. The idf of :func:`bound` is computed from this
-process's word counts (flowserve.knowledge.keyword: current within a few seconds, a word's
-count within a 10% change of the table's size), with a margin of :data:`MARGIN` for the
-counts' drift.
+Two rounds at most. The first takes as essential the words in fewer than :data:`CUT` of all
+chunks. If it is not provably exact, its ``top_k``-th score is a lower bound on the
+answer's, and :func:`grow` adds words to the essential ones (rarest first) until the rest's
+bound is below it: that second round is exact by construction. When every word would be
+essential, the one full statement runs instead.
+
+The bound takes no margin: the word counts and the table's size it uses are exact for the
+version of the index the statements read (keyword.py checks the version before and after),
+and every share is strictly below its ``idf * (k1 + 1)``. The scores are the full
+statement's to the last bit because the phrases come in the same order (rarest first) and
+the KB token's phrases add exactly 0.
 """
 
 from __future__ import annotations
@@ -31,12 +35,9 @@ from collections.abc import Sequence
 from typing import Any
 
 K1 = 1.2  # FTS5's bm25()
-# shares of all chunks below which a word is essential, tried in turn. One cut, 5%: on the
-# retrieval bench's 100k chunks it gave the best tail (p99 132 ms against 142 for the one
-# statement, p50 16 against 57); trying 1%, 10%, 25% in turn won more queries (p50 18) but
-# lost more time on the failed attempts (p99 154)
-CUTS = (0.05,)
-MARGIN = 1.25
+# share of all chunks below which a word is essential in the first round. On the retrieval
+# bench's 100k chunks 5% answered most queries in one round (bench/RESULTS.md)
+CUT = 0.05
 
 
 def idf(df: int, total: int) -> float:
@@ -46,24 +47,25 @@ def idf(df: int, total: int) -> float:
 
 
 def bound(rest: Sequence[str], df: dict[str, int], total: int) -> float:
-    """The most the ``rest`` words can add to one chunk's score, with the margin."""
-    return MARGIN * (K1 + 1.0) * sum(idf(df.get(w, 0), total) for w in rest)
+    """More than the ``rest`` words can add to any one chunk's score."""
+    return (K1 + 1.0) * sum(idf(df.get(w, 0), total) for w in rest)
 
 
-def split(words: Sequence[str], df: dict[str, int], total: int, cut: float) -> tuple[list, list]:
-    """(essential, rest) of ``words`` (rarest first): at least one essential word."""
-    essential = [w for w in words if df.get(w, 0) < cut * total] or list(words[:1])
-    return essential, list(words[len(essential) :])
+def split(words: Sequence[str], df: dict[str, int], total: int) -> int:
+    """How many of ``words`` (rarest first) are essential in the first round: those in
+    fewer than :data:`CUT` of the chunks, at least one."""
+    return max(1, sum(1 for w in words if df.get(w, 0) < CUT * total))
 
 
-def merged(only: Sequence[Any], both: Sequence[Any], top_k: int) -> list[Any]:
-    """The best ``top_k`` rows (id first, score last) of the two statements, the second
-    one's score winning for a chunk in both; best first, ties by id."""
-    rows = {row[0]: row for row in only}
-    rows.update((row[0], row) for row in both)
-    return sorted(rows.values(), key=lambda row: (-row[-1], row[0]))[:top_k]
+def grow(words: Sequence[str], df: dict[str, int], total: int, start: int, floor: float) -> int:
+    """The fewest essential words, from ``start`` on, that leave a rest bounded below
+    ``floor`` (the score the answer's ``top_k``-th is known to reach)."""
+    n = start
+    while n < len(words) and not bound(words[n:], df, total) < floor:
+        n += 1
+    return n
 
 
 def exact(best: Sequence[Any], top_k: int, limit: float) -> bool:
-    """Whether ``best`` is the answer: full, and its last beats any chunk of the rest."""
+    """Whether ``best`` (score last) is the answer: full, and its last beats ``limit``."""
     return len(best) == top_k and best[-1][-1] > limit

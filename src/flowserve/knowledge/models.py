@@ -35,7 +35,11 @@ KB = "kb"
 DOCUMENTS = "documents"
 FTS_TABLE = "kb_chunks_fts"  # SQLite (and its shadow tables kb_chunks_fts_*)
 TSV_COLUMN = "tsv"  # PostgreSQL, on kb_chunks
+FTS_KB_COLUMN = "fts_kb"  # SQLite, on kb_chunks: the KB as one token of the index (0007)
 TSV_INDEX = "ix_kb_chunks_tsv"
+
+
+_UNMODELLED = (TSV_COLUMN, FTS_KB_COLUMN)
 
 
 def modelled(name: str | None, type_: str, parent_names: dict[str, Any]) -> bool:
@@ -43,7 +47,7 @@ def modelled(name: str | None, type_: str, parent_names: dict[str, Any]) -> bool
     if type_ == "table":
         return not (name or "").startswith(FTS_TABLE)
     if type_ == "column":
-        return not (parent_names.get("table_name") == "kb_chunks" and name == TSV_COLUMN)
+        return not (parent_names.get("table_name") == "kb_chunks" and name in _UNMODELLED)
     if type_ == "index":
         return name != TSV_INDEX
     return True
