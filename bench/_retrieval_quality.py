@@ -122,13 +122,13 @@ async def quality(tmp: Path, pages: list[Page], dense_n: int, dense_chars: int) 
         }
         out["text_ingest"]["pages_per_s"] = len(pages) / out["text_ingest"]["seconds"]
         out["full_bm25"] = await evaluate(w, kb_id, targets, queried, "keyword")
-        keyword = w.knowledge.index.retrievers["keyword"]
-        default = keyword.max_df  # type: ignore[attr-defined]
+        keyword = _fts5(w)
+        default = keyword.max_df
         out["max_df"] = {}
         for max_df in MAX_DFS:
-            keyword.max_df = max_df  # type: ignore[attr-defined]
+            keyword.max_df = max_df
             out["max_df"][str(max_df)] = await evaluate(w, kb_id, targets, queried, "keyword")
-        keyword.max_df = default  # type: ignore[attr-defined]
+        keyword.max_df = default
     subset = sorted(random.Random(150).sample(queried, min(dense_n, len(queried))), key=str)
     async with World(tmp, "dense") as w:
         kb_id = await w.kb(DENSE_MODEL)
@@ -194,17 +194,29 @@ async def _timed(w: World, kb_id: str, queries: list[str]) -> dict[str, Any]:
     }
 
 
+def _fts5(w: World) -> Any:
+    """The SQLite keyword search of the service, whose settings the bench varies."""
+    return w.knowledge.index.retrievers["keyword"].fts5  # type: ignore[attr-defined]
+
+
 async def _latency(w: World, kb_id: str, queries: list[str]) -> dict[str, Any]:
-    """Keyword latency at the default ``kb_keyword_max_df``, then at each of MAX_DFS."""
-    keyword = w.knowledge.index.retrievers["keyword"]
-    default = keyword.max_df  # type: ignore[attr-defined]
-    out = {"chunks": await w.chunks(kb_id), "max_df_default": default}
+    """Keyword latency at the default settings, then in one range (``kb_keyword_parallel``
+    1), without MaxScore, and at each ``kb_keyword_max_df`` of MAX_DFS."""
+    keyword = _fts5(w)
+    default = keyword.max_df
+    out = {"chunks": await w.chunks(kb_id), "max_df_default": default,
+           "parallel_default": keyword.parallel}  # fmt: skip
     out.update(await _timed(w, kb_id, queries))
+    parallel, keyword.parallel = keyword.parallel, 1
+    out["one_range"] = await _timed(w, kb_id, queries)
+    keyword.use_maxscore = False
+    out["one_range_no_maxscore"] = await _timed(w, kb_id, queries)
+    keyword.parallel, keyword.use_maxscore = parallel, True
     out["by_max_df"] = {}
     for max_df in MAX_DFS:
-        keyword.max_df = max_df  # type: ignore[attr-defined]
+        keyword.max_df = max_df
         out["by_max_df"][str(max_df)] = await _timed(w, kb_id, queries)
-    keyword.max_df = default  # type: ignore[attr-defined]
+    keyword.max_df = default
     return out
 
 

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import bindparam, text
 
 from flowserve.config import Settings
-from flowserve.knowledge.keyword import _SQLITE, PRUNE_FROM
+from flowserve.knowledge.fts5 import _SQLITE, PRUNE_FROM
 from flowserve.knowledge.params import CreateKnowledgeBase
 from flowserve.knowledge.service import KnowledgeService
 from flowserve.store.database import Database
@@ -84,7 +84,7 @@ def test_the_search_starts_from_the_full_text_index(world) -> None:
             statement = text("EXPLAIN QUERY PLAN " + _SQLITE).bindparams(
                 bindparam("kb_ids", expanding=True)
             )
-            params = {"match": '"zebra"', "kb_ids": [kb_id], "top_k": 10}
+            params = {"match": '"zebra"', "kb_ids": [kb_id], "top_k": 10, "low": 0, "high": 9}
             async with db.engine.connect() as conn:
                 return [row[-1] for row in (await conn.execute(statement, params)).all()]
         finally:
@@ -101,6 +101,9 @@ def test_the_setting_is_checked(tmp_path: Path) -> None:
     for bad in (0, -0.1, 1.5):
         with pytest.raises(ValidationError):
             Settings(kb_keyword_max_df=bad)
+    for bad_count in (0, -1, 17, 2.5):
+        with pytest.raises(ValidationError):
+            Settings(kb_keyword_parallel=bad_count)
 
 
 async def _service(tmp: Path, name: str, body: dict) -> tuple[Database, KnowledgeService, str]:
@@ -153,13 +156,14 @@ def test_a_word_is_counted_again_once_the_index_has_changed(tmp_path: Path) -> N
 def test_maxscore_gives_the_full_statements_answer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A Zipf-like corpus of 1,600 chunks and 120 queries of common and rare words: the
-    two-statement MaxScore search returns the one full statement's hits, scores and all."""
+    """A Zipf-like corpus of 1,600 chunks and 120 queries of common and rare words: MaxScore's
+    restricted statements return the one full statement's hits, scores and all, whether the
+    first round answers or a second one with more essential words does."""
     import random
 
     from sqlalchemy import insert
 
-    from flowserve.knowledge import keyword, maxscore
+    from flowserve.knowledge import fts5, keyword, maxscore
     from flowserve.knowledge.models import KbChunk
 
     rng = random.Random(11)
@@ -168,8 +172,22 @@ def test_maxscore_gives_the_full_statements_answer(
     taken: list[bool] = []
     real_exact = maxscore.exact
     monkeypatch.setattr(maxscore, "exact", lambda *a: taken.append(real_exact(*a)) or taken[-1])
+    grown: list[int] = []
+    real_grow = maxscore.grow
+    monkeypatch.setattr(maxscore, "grow", lambda *a: grown.append(real_grow(*a)) or grown[-1])
+    spans: list[tuple[int, int]] = []
+    real_ranges = fts5.ranges
+    monkeypatch.setattr(fts5, "PARALLEL_FROM", 1_000)
 
-    async def go() -> tuple[list, list]:
+    def recorded(*args):  # the ranges of each search cut in more than one
+        got = real_ranges(*args)
+        spans.extend(got if len(got) > 1 else [])
+        return got
+
+    monkeypatch.setattr(fts5, "ranges", recorded)
+    counted: dict[str, tuple[int, int, int]] = {}
+
+    async def go() -> dict[str, list]:
         db, knowledge, kb_id = await _service(tmp_path, "ms", {"name": "z"})
         try:
             file_id, _, _ = await knowledge.store.put_file(
@@ -184,20 +202,238 @@ def test_maxscore_gives_the_full_statements_answer(
                                  "text": body, "heading": None, "page": None,
                                  "char_start": 0, "char_end": len(body)})  # fmt: skip
                 await s.execute(insert(KbChunk), rows)
-            fast = keyword.KeywordRetriever(db, 0.5, use_maxscore=True)
-            plain = keyword.KeywordRetriever(db, 0.5, use_maxscore=False)
-            a, b = [], []
+            queries = []
             for _ in range(120):
                 common = rng.choices(vocab[:30], k=rng.randint(1, 4))
                 rare = rng.sample(vocab[30:], k=rng.randint(1, 3))
-                query = " ".join(rng.sample(common + rare, k=len(common) + len(rare)))
-                a.append(await fast.search([kb_id], query, 10))
-                b.append(await plain.search([kb_id], query, 10))
-            return a, b
+                queries.append(" ".join(rng.sample(common + rare, k=len(common) + len(rare))))
+            answers = {}
+            for name, retriever in (
+                ("fast", keyword.KeywordRetriever(db, 0.5, use_maxscore=True, parallel=1)),
+                ("plain", keyword.KeywordRetriever(db, 0.5, use_maxscore=False, parallel=1)),
+                ("ranges", keyword.KeywordRetriever(db, 0.5, use_maxscore=True, parallel=3)),
+            ):
+                answers[name] = [await retriever.search([kb_id], q, 10) for q in queries]
+                counted[name] = (sum(taken), len(grown), len(spans))
+            return answers
         finally:
             await db.aclose()
 
-    fast, plain = asyncio.run(go())
-    assert fast == plain  # the same chunks, in the same order, with the same scores
-    assert sum(taken) >= 40  # and a third or more were answered by the two smaller statements
-    assert any(len(hits) == 10 for hits in fast)
+    answers = asyncio.run(go())
+    # the same chunks, in the same order, with the same scores
+    assert answers["fast"] == answers["plain"] == answers["ranges"]
+    assert any(len(hits) == 10 for hits in answers["fast"])
+    exact, grew, _ = counted["fast"]
+    assert exact >= 40  # a third or more were answered by MaxScore's first round
+    assert grew >= 5  # and some by a second
+    assert counted["plain"][2] == 0 and counted["ranges"][2] == 120 * 3  # 3 ranges each
+
+
+async def _zipf_chunks(db: Database, kb_id: str, file_id: str, rng, n: int) -> None:
+    from sqlalchemy import insert
+
+    from flowserve.knowledge.models import KbChunk
+
+    vocab = [f"w{i}" for i in range(3_000)]
+    weights = [1.0 / (i + 1) for i in range(len(vocab))]  # w0 in most chunks, w2999 rare
+    rows = []
+    for i in range(n):
+        body = " ".join(rng.choices(vocab, weights, k=rng.randint(20, 120)))
+        rows.append({"kb_id": kb_id, "file_id": file_id, "chunk_index": i, "text": body,
+                     "heading": None, "page": None, "char_start": 0, "char_end": len(body)})  # fmt: skip
+    async with db.session() as s:
+        await s.execute(insert(KbChunk), rows)
+
+
+def test_each_kb_sees_only_its_own_chunks_among_many(tmp_path: Path) -> None:
+    """Three KBs holding the same texts in one table: a search of one KB returns only its
+    chunks, of two KBs both kinds, each with the score the one-KB search gave it."""
+    import random
+
+    from flowserve.knowledge import keyword
+
+    async def go() -> tuple[dict[str, list], list, dict[str, str]]:
+        db, knowledge, first = await _service(tmp_path, "three", {"name": "a"})
+        try:
+            kbs = [first]
+            for name in ("b", "c"):
+                made = await knowledge.create("acme", CreateKnowledgeBase(name=name))
+                kbs.append(made["knowledge_base_id"])
+            owner = {}
+            for kb_id in kbs:
+                file_id, _, _ = await knowledge.store.put_file(
+                    kb_id, "z.txt", "0" * 64, "text/plain", "text", 1, "t"
+                )
+                await _zipf_chunks(db, kb_id, file_id, random.Random(5), 700)
+                owner[kb_id] = kb_id
+            search = keyword.KeywordRetriever(db, 0.5)
+            query = "w3 w40 w900 w1500"
+            one = {kb_id: await search.search([kb_id], query, 10) for kb_id in kbs}
+            two = await search.search(kbs[:2], query, 20)
+            return one, two, {"a": kbs[0], "b": kbs[1], "c": kbs[2]}
+        finally:
+            await db.aclose()
+
+    one, two, ids = asyncio.run(go())
+    for kb_id, hits in one.items():
+        assert len(hits) == 10 and {h.knowledge_base_id for h in hits} == {kb_id}
+    # same texts, same scores: the two-KB search interleaves a and b, and never c
+    assert {h.knowledge_base_id for h in two} == {ids["a"], ids["b"]}
+    assert [h.text for h in two[::2]] == [h.text for h in one[ids["a"]]]
+    assert [round(h.score, 12) for h in two[::2]] == [round(h.score, 12) for h in two[1::2]]
+
+
+def test_a_kb_token_is_one_word_of_the_index_whatever_the_id_holds(tmp_path: Path) -> None:
+    """The token the search matches is what SQLite's hex() made of the stored id."""
+    from flowserve.knowledge import fts5
+
+    async def go() -> list[tuple[str, int]]:
+        db, knowledge, kb_id = await _service(tmp_path, "tok", {"name": "a"})
+        try:
+            file_id, _, _ = await knowledge.store.put_file(
+                kb_id, "z.txt", "0" * 64, "text/plain", "text", 1, "t"
+            )
+            out = []
+            for odd in ("ed-ing s", "Zoë/../x", kb_id):
+                async with db.session() as s:  # a chunk filed under each id
+                    await s.execute(
+                        text(
+                            "INSERT INTO kb_chunks (file_id, kb_id, chunk_index, text, "
+                            "char_start, char_end) VALUES (:f, :odd, 0, 'zebra', 0, 5)"
+                        ),
+                        {"odd": odd, "f": file_id},
+                    )
+                match = "{fts_kb} : " + f'"{fts5.kb_token(odd)}"'
+                async with db.engine.connect() as conn:
+                    count = await conn.execute(fts5.COUNT_MATCH, {"match": match})
+                    out.append((odd, int(count.scalar_one())))
+            return out
+        finally:
+            await db.aclose()
+
+    counts = asyncio.run(go())
+    assert [n for _, n in counts] == [1, 1, 1], counts
+
+
+def test_an_index_made_before_kb_tokens_is_rebuilt_with_them(tmp_path: Path) -> None:
+    """A database at revision 0006 holding chunks upgrades (the index is rebuilt with each
+    chunk's KB token: its chunks are found) and downgrades again (found by the old index)."""
+    from alembic import command
+
+    from flowserve.knowledge import fts5, keyword
+    from flowserve.store import schema
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+
+    async def migrate(db: Database, revision: str, down: bool = False) -> None:
+        def step(conn) -> None:
+            (command.downgrade if down else command.upgrade)(schema._config(conn), revision)
+
+        async with db.engine.begin() as conn:
+            await conn.run_sync(step)
+
+    async def found(db: Database, match: str) -> int:
+        async with db.engine.connect() as conn:
+            return int((await conn.execute(fts5.COUNT_MATCH, {"match": match})).scalar_one())
+
+    async def go() -> tuple[int, list[str], int]:
+        db = Database(url)
+        try:
+            await migrate(db, "0006")
+            now = "2026-01-01 00:00:00"
+            async with db.session() as s:
+                for sql in (
+                    "INSERT INTO orgs (id, name, created_at) VALUES ('acme', '', :now)",
+                    "INSERT INTO knowledge_bases (id, org_id, kind, name, description, "
+                    "indexing_params, created_at, updated_at) VALUES ('kb-1', 'acme', 'kb', "
+                    "'n', '', '{}', :now, :now)",
+                    "INSERT INTO kb_files (id, kb_id, resource_path, content_hash, "
+                    "content_mime, parser, size, status, dataloader_metadata, user_metadata, "
+                    "generation, created_at, modified_at) VALUES ('f-1', 'kb-1', 'z.txt', "
+                    "'h', 'text/plain', 'text', 1, 'indexed', '{}', '{}', 1, :now, :now)",
+                    "INSERT INTO kb_chunks (file_id, kb_id, chunk_index, text, char_start, "
+                    "char_end) VALUES ('f-1', 'kb-1', 0, 'the zebra crossed', 0, 17)",
+                ):
+                    await s.execute(text(sql), {"now": now})
+            old = await found(db, '"zebra"')
+            await migrate(db, "head")
+            hits = await keyword.KeywordRetriever(db).search(["kb-1"], "zebra", 5)
+            await migrate(db, "0006", down=True)
+            return old, [h.text for h in hits], await found(db, '"zebra"')
+        finally:
+            await db.aclose()
+
+    old, hits, back = asyncio.run(go())
+    assert (old, hits, back) == (1, ["the zebra crossed"], 1)
+
+
+def test_a_search_that_sees_the_index_change_answers_with_the_full_statement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counts made before a write are not used to bound scores after it: when the index's
+    version differs after MaxScore's statements, the one full statement answers."""
+    import random
+
+    from sqlalchemy import event
+
+    from flowserve.knowledge import fts5, keyword
+
+    async def go() -> tuple[list, list, list[str]]:
+        db, knowledge, kb_id = await _service(tmp_path, "ver", {"name": "z"})
+        try:
+            file_id, _, _ = await knowledge.store.put_file(
+                kb_id, "z.txt", "0" * 64, "text/plain", "text", 1, "t"
+            )
+            await _zipf_chunks(db, kb_id, file_id, random.Random(3), 1_500)
+            matches: list[str] = []
+
+            @event.listens_for(db.engine.sync_engine, "before_cursor_execute")
+            def seen(_c, _cur, statement, params, _ctx, _many) -> None:
+                if "bm25" in statement:
+                    matches.append(params[0])
+
+            search = keyword.KeywordRetriever(db, 1.0)  # every word kept
+            query = "w1 w2 w2500"
+            steady = await search.search([kb_id], query, 10)
+            real = fts5.index_version
+            calls = iter(range(10**6))
+
+            async def moving(conn):  # a write lands between each read of the version
+                return (await real(conn) or b"") + str(next(calls)).encode()
+
+            monkeypatch.setattr(fts5, "index_version", moving)
+            matches.clear()
+            moved = await search.search([kb_id], query, 10)
+            return steady, moved, matches
+        finally:
+            await db.aclose()
+
+    steady, moved, matches = asyncio.run(go())
+    assert moved == steady and len(steady) == 10
+    assert len(matches) >= 2  # MaxScore's rounds, then the full statement
+    assert all(" OR {fts_kb}" in m for m in matches[:-1]) and " OR {fts_kb}" not in matches[-1]
+
+
+def test_the_ranges_searched_at_once_cover_every_chunk_once() -> None:
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from flowserve.knowledge import fts5
+
+    @given(st.integers(1, 10**12), st.integers(0, 10**6), st.integers(1, 16))
+    def check(low: int, width: int, parallel: int) -> None:
+        high = low + width
+        parts = fts5.ranges(fts5.PARALLEL_FROM, low, high, parallel)
+        if parallel == 1:
+            assert parts == [fts5._ALL]
+            return
+        assert len(parts) == parallel
+        at = low  # the parts, in order, each start where the last ended: [low, high] once
+        for start, end in parts:
+            if start <= end:  # (a part past the end is empty)
+                assert start == at
+                at = end + 1
+        assert at == high + 1
+
+    check()
+    assert fts5.ranges(fts5.PARALLEL_FROM - 1, 1, 10**6, 4) == [fts5._ALL]  # a small KB

@@ -123,8 +123,11 @@ class Settings(BaseSettings):
     kb_index_concurrency: int = Field(default=2, ge=1, le=64)  # files indexed at once
     # SQLite keyword search leaves out query words in at least this share of all chunks (BM25
     # gives them no weight from 0.5); lower is faster and drops words that weigh a little;
-    # 1 keeps every word (flowserve.knowledge.keyword)
+    # 1 keeps every word (flowserve.knowledge.fts5)
     kb_keyword_max_df: float = Field(default=0.5, gt=0.0, le=1.0)
+    # SQLite keyword search of KBs holding 20k chunks or more: ranges of chunks searched at
+    # once, each on its own connection and core; 1 searches them in one statement
+    kb_keyword_parallel: int = Field(default=2, ge=1, le=16)
     # originals, stored by content hash; None: flowserve-data/kb beside the SQLite database
     # (the working directory for other databases)
     kb_storage_dir: Path | None = None

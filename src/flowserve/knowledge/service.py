@@ -71,7 +71,9 @@ class KnowledgeService:
         self.vectors = Vectors.from_settings(db, settings)  # dense retrieval
         # which embedding models are configured
         self.embedding_models = embedding_models or self.vectors.knows
-        keyword = KeywordRetriever(db, settings.kb_keyword_max_df)
+        keyword = KeywordRetriever(
+            db, settings.kb_keyword_max_df, parallel=settings.kb_keyword_parallel
+        )
         self.index = Index([keyword, SemanticRetriever(self.vectors)])
         self.ingest = Ingestor(
             self.store, self.blobs, owner, settings.kb_index_concurrency,
