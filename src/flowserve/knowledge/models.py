@@ -36,6 +36,7 @@ DOCUMENTS = "documents"
 FTS_TABLE = "kb_chunks_fts"  # SQLite (and its shadow tables kb_chunks_fts_*)
 TSV_COLUMN = "tsv"  # PostgreSQL, on kb_chunks
 FTS_KB_COLUMN = "fts_kb"  # SQLite, on kb_chunks: the KB as one token of the index (0007)
+FTS_VERSION_TABLE = "kb_fts_version"  # SQLite: raised with every chunk written (0007)
 TSV_INDEX = "ix_kb_chunks_tsv"
 
 
@@ -45,7 +46,7 @@ _UNMODELLED = (TSV_COLUMN, FTS_KB_COLUMN)
 def modelled(name: str | None, type_: str, parent_names: dict[str, Any]) -> bool:
     """Alembic's ``include_name``: False for the full-text objects the models do not hold."""
     if type_ == "table":
-        return not (name or "").startswith(FTS_TABLE)
+        return not (name or "").startswith((FTS_TABLE, FTS_VERSION_TABLE))
     if type_ == "column":
         return not (parent_names.get("table_name") == "kb_chunks" and name in _UNMODELLED)
     if type_ == "index":

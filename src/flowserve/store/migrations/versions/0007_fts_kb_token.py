@@ -8,6 +8,11 @@ whole whatever the KB's id holds, and ending in a digit, so the Porter stemmer l
 it is. It is a virtual generated column of ``kb_chunks`` (nothing stored twice), which the
 index reads on ``rebuild`` like the text and the heading.
 
+``kb_fts_version`` holds one number, raised by the same triggers with every chunk written or
+deleted: the searches' cached word counts are valid while it is unchanged (reading FTS5's
+own structure record for that instead made the next FTS5 query on the connection ~30%
+slower, measured).
+
 Revision ID: 0007
 Revises: 0006
 """
@@ -24,17 +29,17 @@ depends_on = None
 _TOKENIZE = "tokenize='porter unicode61 remove_diacritics 2'"
 
 
-def _index(columns: str) -> list[str]:
+def _index(columns: str, bump: str = "") -> list[str]:
     new = ", ".join(f"new.{c}" for c in columns.split(", "))
     old = ", ".join(f"old.{c}" for c in columns.split(", "))
     return [
         f"CREATE VIRTUAL TABLE kb_chunks_fts USING fts5({columns}, content='kb_chunks', "
         f"content_rowid='id', {_TOKENIZE})",
         "CREATE TRIGGER kb_chunks_fts_insert AFTER INSERT ON kb_chunks BEGIN "
-        f"INSERT INTO kb_chunks_fts(rowid, {columns}) VALUES (new.id, {new}); END",
+        f"INSERT INTO kb_chunks_fts(rowid, {columns}) VALUES (new.id, {new}); {bump}END",
         "CREATE TRIGGER kb_chunks_fts_delete AFTER DELETE ON kb_chunks BEGIN "
         f"INSERT INTO kb_chunks_fts(kb_chunks_fts, rowid, {columns}) "
-        f"VALUES ('delete', old.id, {old}); END",
+        f"VALUES ('delete', old.id, {old}); {bump}END",
         "INSERT INTO kb_chunks_fts(kb_chunks_fts) VALUES ('rebuild')",
     ]
 
@@ -53,7 +58,12 @@ def upgrade() -> None:
         "ALTER TABLE kb_chunks ADD COLUMN fts_kb TEXT "
         "GENERATED ALWAYS AS (hex(kb_id) || '0') VIRTUAL"
     )
-    for statement in _index("text, heading, fts_kb"):
+    op.execute(
+        "CREATE TABLE kb_fts_version (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER NOT NULL)"
+    )
+    op.execute("INSERT INTO kb_fts_version (id, n) VALUES (1, 0)")
+    bump = "UPDATE kb_fts_version SET n = n + 1 WHERE id = 1; "
+    for statement in _index("text, heading, fts_kb", bump):
         op.execute(statement)
 
 
@@ -61,6 +71,7 @@ def downgrade() -> None:
     if op.get_bind().dialect.name != "sqlite":
         return
     _drop_index()
+    op.execute("DROP TABLE IF EXISTS kb_fts_version")
     op.execute("ALTER TABLE kb_chunks DROP COLUMN fts_kb")
     for statement in _index("text, heading"):
         op.execute(statement)
