@@ -21,7 +21,9 @@ def _latency_rows(x: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         default = x.get("max_df_default")
         return [(f"max_df {_df_label(df, default)}", y) for df, y in x["by_max_df"].items()]
     parallel = x["parallel_default"]
-    rows = [(f"**defaults**: max_df {x['max_df_default']:g}, {parallel} ranges, MaxScore", x)]
+    defaults = f"max_df {x['max_df_default']:g}, {parallel} ranges, MaxScore"
+    rows = [(f"{defaults}; word counts cold", x["counts_cold"])] if "counts_cold" in x else []
+    rows.append((f"**defaults**: {defaults}", x))
     rows.append(("1 range (`kb_keyword_parallel` 1)", x["one_range"]))
     rows.append(("1 range, no MaxScore (the one statement)", x["one_range_no_maxscore"]))
     rows += [

@@ -23,14 +23,14 @@ against the KBs asked for.
 
 What is left is FTS5 itself, which scores every chunk its match finds. It cannot skip
 chunks that cannot reach the top, so :mod:`flowserve.knowledge.maxscore` restricts the
-match to chunks holding a rarer word where that is provably exact. Its first round runs over
-the whole KB; what it leaves (its second round, or the one full statement) runs in
-``parallel`` ranges of chunk ids at once when the KBs span :data:`PARALLEL_FROM` ids, each
-range on its own connection (SQLite runs them on as many cores; BM25's statistics are the
-whole table's, so the merged best ``top_k`` are the one statement's, scores and all). At
-100k chunks two ranges took the full statement from p50 29 / p99 68 ms to 18 / 39;
-splitting the first round too gained nothing (each range's own ``top_k`` bounds less).
-If the index changed during a search, the full statement answers.
+match to chunks holding a rarer word where that is provably exact. And each statement (the
+rounds of MaxScore, the full one) runs in ``parallel`` ranges of chunk ids at once when the
+KBs span :data:`PARALLEL_FROM` ids, each range on its own connection: SQLite runs them on as
+many cores, and as BM25's statistics are the whole table's, the merged best ``top_k`` are
+the one statement's, scores and all; MaxScore decides on the merged rows. (MaxScore run in
+each range on its own bounded less, its ``top_k``-th being the range's: no faster.) At 100k
+chunks two ranges took the full statement from p50 29 / p99 68 ms to 18 / 39. If the index
+changed during a search, the full statement answers.
 """
 
 from __future__ import annotations
@@ -173,7 +173,9 @@ class Fts5Search:
         if len(best) < top_k:
             return None  # no score known to be reached: nothing to bound by
         n = maxscore.grow(words, df, total, n, best[-1][-1])  # the second round
-        return await self._ranges(query, query.match(n), spans) if n < len(words) else None
+        if not maxscore.worth(words, df, total, n):
+            return None  # it would score nearly every chunk the full statement does
+        return await self._ranges(query, query.match(n), spans)
 
     async def _ranges(self, query: _Query, match: str, spans: list[tuple[int, int]]) -> list[Any]:
         """The best ``top_k`` of ``match`` over every span, the first on the query's own
