@@ -164,3 +164,57 @@ def test_errors_before_the_key_is_known_are_readable_by_the_browser(server: Serv
     assert r.status_code == 401
     assert r.headers["access-control-allow-origin"] == APP
     assert "retry-after" in r.headers["access-control-expose-headers"]
+
+
+# what the official OpenAI JavaScript SDK (v4, in a page with dangerouslyAllowBrowser) asks
+# a preflight to allow before POST /v1/chat/completions
+OPENAI_JS_HEADERS = (
+    "authorization, content-type, x-stainless-arch, x-stainless-lang, x-stainless-os, "
+    "x-stainless-package-version, x-stainless-retry-count, x-stainless-runtime, "
+    "x-stainless-runtime-version, x-stainless-timeout"
+)
+
+
+def _preflight(server: Server, path: str, requested: str) -> httpx.Response:
+    return httpx.options(
+        server.base_url + path,
+        headers={
+            "Origin": APP,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": requested,
+        },
+    )
+
+
+def test_a_preflight_allows_the_openai_sdks_own_headers(server: Server, keys):
+    r = _preflight(server, "/v1/chat/completions", OPENAI_JS_HEADERS)
+    assert r.status_code == 204
+    allowed = {h.strip() for h in r.headers["access-control-allow-headers"].split(",")}
+    assert allowed >= {h.strip() for h in OPENAI_JS_HEADERS.split(",")}
+    # and the request it lets through is decided by the key, as any other
+    headers = {h.strip(): "x" for h in OPENAI_JS_HEADERS.split(",")[2:]}
+    body = {"model": f"{server.org}/echo", "messages": [{"role": "user", "content": "a b"}]}
+    for key, status in (("app", 200), ("none", 403)):
+        sent = httpx.post(
+            server.base_url + "/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {keys[key]}", "Origin": APP, **headers},
+            timeout=30,
+        )
+        assert sent.status_code == status, sent.text
+        assert sent.headers["access-control-allow-origin"] == APP
+
+
+@pytest.mark.parametrize(
+    "requested",
+    [
+        "x-ok, bad header",  # a space inside a name
+        "x-ok, x/y",  # "/" is not a token character
+        ", ".join(f"x-h{i}" for i in range(33)),  # too many
+    ],
+)
+def test_a_preflight_names_only_its_own_headers_for_odd_requests(server: Server, requested):
+    r = _preflight(server, LEGACY.format(org=server.org), requested)
+    assert r.status_code == 204
+    allowed = {h.strip() for h in r.headers["access-control-allow-headers"].split(",")}
+    assert allowed == {"authorization", "content-type", "last-event-id", "accept"}

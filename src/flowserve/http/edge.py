@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("flowserve.http")
 
 ALLOW_HEADERS = b"authorization, content-type, last-event-id, accept"
+# A preflight also allows the other headers it asks for, when they are plain header names:
+# the official OpenAI JavaScript SDK (calling /v1/chat/completions from a page) sends its
+# x-stainless-* headers, and a fixed list would break each time an SDK adds one. A preflight
+# grants nothing by itself (see flowserve.http.admission), so naming more headers is safe.
+_HEADER_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+MAX_REQUESTED_HEADERS = 32
 MAX_AGE = b"600"
 PREFLIGHT_VARY = b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
 
@@ -167,7 +174,7 @@ class Edge:
         headers = [
             (b"access-control-allow-origin", origin),
             (b"access-control-allow-methods", ", ".join(sorted(methods)).encode()),
-            (b"access-control-allow-headers", ALLOW_HEADERS),
+            (b"access-control-allow-headers", _allowed_headers(scope)),
             (b"access-control-max-age", MAX_AGE),
             (b"vary", PREFLIGHT_VARY),
         ]
@@ -187,6 +194,17 @@ def _preflight_origin(scope: Scope) -> bytes | None:
     if origin is None or b"access-control-request-method" not in headers:
         return None
     return origin if valid_origin(normalize(origin.decode("latin-1"))) else None
+
+
+def _allowed_headers(scope: Scope) -> bytes:
+    """:data:`ALLOW_HEADERS` and the preflight's requested headers: each checked to be a
+    header name, at most :data:`MAX_REQUESTED_HEADERS` of them, or none if any is not."""
+    requested = b",".join(v for k, v in scope["headers"] if k == b"access-control-request-headers")
+    names = [n.strip().lower() for n in requested.split(b",") if n.strip()]
+    base = [n.strip() for n in ALLOW_HEADERS.split(b",")]
+    if len(names) > MAX_REQUESTED_HEADERS or not all(_HEADER_NAME.fullmatch(n) for n in names):
+        return ALLOW_HEADERS
+    return b", ".join(dict.fromkeys(base + names))
 
 
 def _authorization(scope: Scope) -> str | None:
