@@ -173,9 +173,7 @@ class Fts5Search:
         if len(best) < top_k:
             return None  # no score known to be reached: nothing to bound by
         n = maxscore.grow(words, df, total, n, best[-1][-1])  # the second round
-        if not maxscore.worth(words, df, total, n):
-            return None  # it would score nearly every chunk the full statement does
-        return await self._ranges(query, query.match(n), spans)
+        return await self._ranges(query, query.match(n), spans) if n < len(words) else None
 
     async def _ranges(self, query: _Query, match: str, spans: list[tuple[int, int]]) -> list[Any]:
         """The best ``top_k`` of ``match`` over every span, the first on the query's own

@@ -19,8 +19,8 @@ Two rounds at most. The first takes as essential the words in fewer than :data:`
 chunks. If it is not provably exact, its ``top_k``-th score is a lower bound on the
 answer's, and :func:`grow` adds words to the essential ones (rarest first) until the rest's
 bound is below it: that second round is exact by construction. When every word would be
-essential, or the second round would match nearly as many chunks as the full statement
-(:func:`worth`), the one full statement runs instead.
+essential, the one full statement runs instead. (Skipping a second round that would match
+nearly as many chunks as the full statement gained nothing once the cut was 10%.)
 
 The bound takes no margin: the word counts and the table's size it uses are exact for the
 version of the index the statements read (fts5.py checks the version before and after),
@@ -36,13 +36,10 @@ from collections.abc import Sequence
 from typing import Any
 
 K1 = 1.2  # FTS5's bm25()
-# share of all chunks below which a word is essential in the first round. On the retrieval
-# bench's 100k chunks 5% answered most queries in one round (bench/RESULTS.md)
-CUT = 0.05
-# the second round is run only if it matches under this share of the chunks the full
-# statement does, else the full one (at 100k chunks of man pages, 600 queries: p99 31.9 ms
-# against 32.9 with the second round always; 0.5 and 0.85 no better)
-WORTH = 0.7
+# share of all chunks below which a word is essential in the first round. At 100k chunks of
+# man pages (600 queries, two ranges): p99 26 ms at 0.1 (p50 14), 37 at 0.05 (p50 13),
+# 26 at 0.08, 29 at 0.12, 30 at 0.15, 38 at 0.2
+CUT = 0.1
 
 
 def idf(df: int, total: int) -> float:
@@ -69,20 +66,6 @@ def grow(words: Sequence[str], df: dict[str, int], total: int, start: int, floor
     while n < len(words) and not bound(words[n:], df, total) < floor:
         n += 1
     return n
-
-
-def matched(words: Sequence[str], df: dict[str, int], total: int) -> float:
-    """The share of chunks holding any of ``words``, were they found independently."""
-    none = 1.0
-    for w in words:
-        none *= 1.0 - min(df.get(w, 0), total) / max(total, 1)
-    return 1.0 - none
-
-
-def worth(words: Sequence[str], df: dict[str, int], total: int, n: int) -> bool:
-    """Whether a second round restricted to the ``n`` rarest words spares enough of the
-    chunks the full statement scores: it must match under :data:`WORTH` of them."""
-    return n < len(words) and matched(words[:n], df, total) < WORTH * matched(words, df, total)
 
 
 def exact(best: Sequence[Any], top_k: int, limit: float) -> bool:
