@@ -176,11 +176,11 @@ def render(r: dict[str, Any]) -> str:
         "term statistics are the corpus's repeated). Queries: the man descriptions, sampled. "
         "Settings: `kb_keyword_max_df` (max_df): query words in at least this share of all "
         "chunks are left out (flowserve.knowledge.fts5); 1 keeps every word, 0.5 (the default) "
-        "changes no ranking because BM25 weighs those words ~0. Ranges: a KB of 20k chunks or "
-        "more is searched in `kb_keyword_parallel` ranges of chunk ids at once, one connection "
-        "each. MaxScore: the match restricted to chunks holding a rarer word where that is "
-        "provably exact. Each gives the same hits and scores. What lower shares cost in "
-        "quality, on the full corpus:",
+        "changes no ranking because BM25 weighs those words ~0. Ranges: a KB whose chunks span "
+        "20k ids or more is searched in `kb_keyword_parallel` ranges of chunk ids at once, "
+        "one connection each. MaxScore: the match restricted to chunks holding a rarer word "
+        "where that is provably exact. Each gives the same hits and scores. What lower shares "
+        "cost in quality, on the full corpus:",
         "",
         table(
             ["`kb_keyword_max_df`", "queries", "recall@1", "recall@5", "MRR", "mean query ms"],

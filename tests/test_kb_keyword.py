@@ -161,14 +161,10 @@ def test_maxscore_gives_the_full_statements_answer(
     first round answers or a second one with more essential words does."""
     import random
 
-    from sqlalchemy import insert
-
     from flowserve.knowledge import fts5, keyword, maxscore
-    from flowserve.knowledge.models import KbChunk
 
     rng = random.Random(11)
-    vocab = [f"w{i}" for i in range(3_000)]
-    weights = [1.0 / (i + 1) for i in range(len(vocab))]  # w0 in most chunks, w2999 rare
+    vocab = _VOCAB
     taken: list[bool] = []
     real_exact = maxscore.exact
     monkeypatch.setattr(maxscore, "exact", lambda *a: taken.append(real_exact(*a)) or taken[-1])
@@ -193,15 +189,7 @@ def test_maxscore_gives_the_full_statements_answer(
             file_id, _, _ = await knowledge.store.put_file(
                 kb_id, "z.txt", "0" * 64, "text/plain", "text", 1, "t"
             )
-            async with db.session() as s:
-                rows = []
-                for i in range(1_600):
-                    words = rng.choices(vocab, weights, k=rng.randint(20, 120))
-                    body = " ".join(words)
-                    rows.append({"kb_id": kb_id, "file_id": file_id, "chunk_index": i,
-                                 "text": body, "heading": None, "page": None,
-                                 "char_start": 0, "char_end": len(body)})  # fmt: skip
-                await s.execute(insert(KbChunk), rows)
+            await _zipf_chunks(db, kb_id, file_id, rng, 1_600)
             queries = []
             for _ in range(120):
                 common = rng.choices(vocab[:30], k=rng.randint(1, 4))
@@ -229,16 +217,19 @@ def test_maxscore_gives_the_full_statements_answer(
     assert counted["plain"][2] == 0 and counted["ranges"][2] == 120 * 3  # 3 ranges each
 
 
+_VOCAB = [f"w{i}" for i in range(3_000)]
+_WEIGHTS = [1.0 / (i + 1) for i in range(len(_VOCAB))]  # w0 in most chunks, w2999 rare
+
+
 async def _zipf_chunks(db: Database, kb_id: str, file_id: str, rng, n: int) -> None:
+    """``n`` chunks of 20-120 words drawn from :data:`_VOCAB` by Zipf weights."""
     from sqlalchemy import insert
 
     from flowserve.knowledge.models import KbChunk
 
-    vocab = [f"w{i}" for i in range(3_000)]
-    weights = [1.0 / (i + 1) for i in range(len(vocab))]  # w0 in most chunks, w2999 rare
     rows = []
     for i in range(n):
-        body = " ".join(rng.choices(vocab, weights, k=rng.randint(20, 120)))
+        body = " ".join(rng.choices(_VOCAB, _WEIGHTS, k=rng.randint(20, 120)))
         rows.append({"kb_id": kb_id, "file_id": file_id, "chunk_index": i, "text": body,
                      "heading": None, "page": None, "char_start": 0, "char_end": len(body)})  # fmt: skip
     async with db.session() as s:

@@ -125,8 +125,8 @@ class Settings(BaseSettings):
     # gives them no weight from 0.5); lower is faster and drops words that weigh a little;
     # 1 keeps every word (flowserve.knowledge.fts5)
     kb_keyword_max_df: float = Field(default=0.5, gt=0.0, le=1.0)
-    # SQLite keyword search of KBs holding 20k chunks or more: ranges of chunks searched at
-    # once, each on its own connection and core; 1 searches them in one statement
+    # SQLite keyword search of KBs whose chunks span 20k ids or more: ranges of chunk ids
+    # searched at once, each on its own connection and core; 1 searches them in one statement
     kb_keyword_parallel: int = Field(default=2, ge=1, le=16)
     # originals, stored by content hash; None: flowserve-data/kb beside the SQLite database
     # (the working directory for other databases)

@@ -45,6 +45,7 @@ ALLOW_HEADERS = b"authorization, content-type, last-event-id, accept"
 # grants nothing by itself (see flowserve.http.admission), so naming more headers is safe.
 _HEADER_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 MAX_REQUESTED_HEADERS = 32
+_BASE_HEADERS = [n.strip() for n in ALLOW_HEADERS.split(b",")]
 MAX_AGE = b"600"
 PREFLIGHT_VARY = b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
 
@@ -201,10 +202,9 @@ def _allowed_headers(scope: Scope) -> bytes:
     header name, at most :data:`MAX_REQUESTED_HEADERS` of them, or none if any is not."""
     requested = b",".join(v for k, v in scope["headers"] if k == b"access-control-request-headers")
     names = [n.strip().lower() for n in requested.split(b",") if n.strip()]
-    base = [n.strip() for n in ALLOW_HEADERS.split(b",")]
     if len(names) > MAX_REQUESTED_HEADERS or not all(_HEADER_NAME.fullmatch(n) for n in names):
         return ALLOW_HEADERS
-    return b", ".join(dict.fromkeys(base + names))
+    return b", ".join(dict.fromkeys(_BASE_HEADERS + names))
 
 
 def _authorization(scope: Scope) -> str | None:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import bindparam, text
@@ -151,8 +151,10 @@ class Fts5Search:
             words = informative(words, df, total, self.max_df)
             words.sort(key=lambda w: (df.get(w, 0), w))  # rarest first, in every statement
             query = _Query(conn, words, kb_ids, top_k)
-            low, high = (await conn.execute(_SPAN, {"kb_ids": kb_ids})).one()
-            spans = ranges(low, high, self.parallel)
+            spans = [_ALL]
+            if self.parallel > 1:
+                low, high = (await conn.execute(_SPAN, {"kb_ids": kb_ids})).one()
+                spans = ranges(low, high, self.parallel)
             if self.use_maxscore and total >= PRUNE_FROM:
                 best = await self._maxscore(query, df, total, spans)
                 if best is not None and await index_version(conn) == counts.version:
@@ -182,7 +184,7 @@ class Fts5Search:
 
         async def other(span: tuple[int, int]) -> Sequence[Any]:
             async with self.db.engine.connect() as conn:
-                return await query.on(conn).ranked(match, span)
+                return await replace(query, conn=conn).ranked(match, span)
 
         found = await asyncio.gather(query.ranked(match, first), *map(other, others))
         return heapq.nsmallest(query.top_k, (r for rows in found for r in rows), key=_order)
@@ -196,9 +198,6 @@ class _Query:
     words: list[str]
     kb_ids: list[str]
     top_k: int
-
-    def on(self, conn: AsyncConnection) -> _Query:
-        return _Query(conn, self.words, self.kb_ids, self.top_k)
 
     def match(self, n: int) -> str:
         """The chunks holding one of the ``n`` rarest words, scored on every word (the

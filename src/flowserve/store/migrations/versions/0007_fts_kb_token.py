@@ -1,7 +1,7 @@
 """SQLite: the full-text index also holds each chunk's KB, as one token, so that a search
 filters by KB inside FTS5 instead of looking up every matching chunk's row (at 100k chunks
 that lookup was most of a query's time: p50 86 ms with it, 24 ms without; see
-flowserve.knowledge.keyword). PostgreSQL is unchanged.
+flowserve.knowledge.fts5). PostgreSQL is unchanged.
 
 The token is ``hex(kb_id) || '0'``: hexadecimal digits only, so FTS5's tokenizer keeps it
 whole whatever the KB's id holds, and ending in a digit, so the Porter stemmer leaves it as
@@ -9,9 +9,9 @@ it is. It is a virtual generated column of ``kb_chunks`` (nothing stored twice),
 index reads on ``rebuild`` like the text and the heading.
 
 ``kb_fts_version`` holds one number, raised by the same triggers with every chunk written or
-deleted: the searches' cached word counts are valid while it is unchanged (reading FTS5's
-own structure record for that instead made the next FTS5 query on the connection ~30%
-slower, measured).
+deleted: the searches' cached word counts are valid while it is unchanged. It is a table of
+its own rather than a read of FTS5's structure record, whose layout is FTS5's internal
+format.
 
 Revision ID: 0007
 Revises: 0006
