@@ -201,8 +201,9 @@ def _fts5(w: World) -> Any:
 
 async def _latency(w: World, kb_id: str, queries: list[str]) -> dict[str, Any]:
     """Keyword latency at the default settings (word counts cold, then warm), then in one
-    range (``kb_keyword_parallel`` 1), without MaxScore, and at each ``kb_keyword_max_df``
-    of MAX_DFS."""
+    range (``kb_keyword_parallel`` 1), without MaxScore, ranked by FTS5's ``bm25()`` instead
+    of flowrank (defaults, then the one statement), and at each ``kb_keyword_max_df`` of
+    MAX_DFS."""
     keyword = _fts5(w)
     default = keyword.max_df
     out = {"chunks": await w.chunks(kb_id), "max_df_default": default,
@@ -215,6 +216,14 @@ async def _latency(w: World, kb_id: str, queries: list[str]) -> dict[str, Any]:
     keyword.use_maxscore = False
     out["one_range_no_maxscore"] = await _timed(w, kb_id, queries)
     keyword.parallel, keyword.use_maxscore = parallel, True
+    out["flowrank"] = w.db.rank_function
+    if w.db.rank_function:  # FTS5's bm25() ranking, as without the extension
+        w.db.rank_function = False
+        out["bm25"] = await _timed(w, kb_id, queries)
+        keyword.parallel, keyword.use_maxscore = 1, False
+        out["bm25_one_statement"] = await _timed(w, kb_id, queries)
+        keyword.parallel, keyword.use_maxscore = parallel, True
+        w.db.rank_function = True
     out["by_max_df"] = {}
     for max_df in MAX_DFS:
         keyword.max_df = max_df

@@ -21,11 +21,15 @@ def _latency_rows(x: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         default = x.get("max_df_default")
         return [(f"max_df {_df_label(df, default)}", y) for df, y in x["by_max_df"].items()]
     parallel = x["parallel_default"]
-    defaults = f"max_df {x['max_df_default']:g}, {parallel} ranges, MaxScore"
+    ranker = "flowrank" if x.get("flowrank", False) else "bm25()"
+    defaults = f"max_df {x['max_df_default']:g}, {parallel} ranges, MaxScore, {ranker}"
     rows = [(f"{defaults}; word counts cold", x["counts_cold"])] if "counts_cold" in x else []
     rows.append((f"**defaults**: {defaults}", x))
     rows.append(("1 range (`kb_keyword_parallel` 1)", x["one_range"]))
     rows.append(("1 range, no MaxScore (the one statement)", x["one_range_no_maxscore"]))
+    if "bm25" in x:
+        rows.append(("FTS5's `bm25()` instead of flowrank (as where it is not built)", x["bm25"]))
+        rows.append(("`bm25()`, 1 range, no MaxScore", x["bm25_one_statement"]))
     rows += [
         (f"max_df {float(df):g}", y)
         for df, y in x["by_max_df"].items()

@@ -11,6 +11,15 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
+# flowrank, the package's one C file (src/flowserve/store/flowrank.c, keyword search's rank
+# function), compiles against SQLite's headers; without them the install skips it, and the
+# tests that check it is loaded fail.
+if [ ! -f /usr/include/sqlite3ext.h ]; then
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq libsqlite3-dev
+fi
 if ! .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
   echo "Installing flowserve; the first time this compiles llama.cpp (llama-cpp-python):" \
     "5-10 minutes on 2 cores with no output. pip caches the wheel for next time."

@@ -84,7 +84,7 @@ async def _scenario(url: str, tmp: Path, fake: EmbeddingsFake) -> dict[str, Any]
             )
             await knowledge.ingest.index_file(rid)
             ids[name] = rid
-        out["in_sql"] = db.vector_functions
+        out["in_sql"], out["flowrank"] = db.vector_functions, db.rank_function
         out["sqlite"] = getattr(db.engine.dialect.dbapi, "sqlite", None)
         out["statuses"] = [(await knowledge.file("acme", kb_id, r)).status for r in ids.values()]
         out["vectors"] = await _vectors(db)
@@ -163,6 +163,7 @@ def test_dense_search_on_sqlite(tmp_path: Path, fake: EmbeddingsFake):
     out = asyncio.run(_scenario(url, tmp_path, fake))
     _check(out)
     assert out["in_sql"] is True  # x86-64 Linux has the wheels: sqlite-vec ranks
+    assert out["flowrank"] is True  # and the install built flowrank
 
 
 def test_dense_search_without_the_sqlite_wheels(
@@ -179,6 +180,7 @@ def test_dense_search_without_the_sqlite_wheels(
         sqlite_driver.driver.cache_clear()
     _check(out)
     assert out["in_sql"] is False and out["sqlite"] is sqlite3
+    assert out["flowrank"] is False  # no extension loading: keyword search ranks by bm25()
 
 
 def test_dense_search_on_postgres(pg_url: str, tmp_path: Path, fake: EmbeddingsFake):  # noqa: F811

@@ -78,21 +78,21 @@ def test_a_query_of_common_words_only_still_finds_chunks(world) -> None:
 def test_the_search_starts_from_the_full_text_index(world) -> None:
     _, srv, _, kb_id = world
 
-    async def plan() -> list[str]:
+    async def plan(score: str) -> list[str]:
         db = Database(srv.database_url)
         try:
-            statement = text("EXPLAIN QUERY PLAN " + _SQLITE).bindparams(
-                bindparam("kb_ids", expanding=True)
-            )
+            sql = "EXPLAIN QUERY PLAN " + _SQLITE.replace("{score}", score)
+            statement = text(sql).bindparams(bindparam("kb_ids", expanding=True))
             params = {"match": '"zebra"', "kb_ids": [kb_id], "top_k": 10, "low": 0, "high": 9}
             async with db.engine.connect() as conn:
-                return [row[-1] for row in (await conn.execute(statement, params)).all()]
+                return [row[-1] for row in (await conn.execute(statement, params | {"d0": 3}))]
         finally:
             await db.aclose()
 
-    steps = [s for s in asyncio.run(plan()) if s.startswith(("SCAN", "SEARCH"))]
-    assert steps[0].startswith("SCAN kb_chunks_fts VIRTUAL TABLE"), steps
-    assert not any("ix_kb_chunks_kb" in step for step in steps), steps
+    for score in ("-bm25(kb_chunks_fts)", "flowrank(kb_chunks_fts, :top_k, 1, 0.5, 0, :d0)"):
+        steps = [s for s in asyncio.run(plan(score)) if s.startswith(("SCAN", "SEARCH"))]
+        assert steps[0].startswith("SCAN kb_chunks_fts VIRTUAL TABLE"), steps
+        assert not any("ix_kb_chunks_kb" in step for step in steps), steps
 
 
 def test_the_setting_is_checked(tmp_path: Path) -> None:
@@ -175,8 +175,8 @@ def test_maxscore_gives_the_full_statements_answer(
     real_ranges = fts5.ranges
     monkeypatch.setattr(fts5, "PARALLEL_FROM", 1_000)
 
-    def recorded(*args):  # the ranges of each search cut in more than one
-        got = real_ranges(*args)
+    def recorded(*args, **kw):  # the ranges of each search cut in more than one
+        got = real_ranges(*args, **kw)
         spans.extend(got if len(got) > 1 else [])
         return got
 
@@ -196,11 +196,16 @@ def test_maxscore_gives_the_full_statements_answer(
                 rare = rng.sample(vocab[30:], k=rng.randint(1, 3))
                 queries.append(" ".join(rng.sample(common + rare, k=len(common) + len(rare))))
             answers = {}
-            for name, retriever in (
-                ("fast", keyword.KeywordRetriever(db, 0.5, use_maxscore=True, parallel=1)),
-                ("plain", keyword.KeywordRetriever(db, 0.5, use_maxscore=False, parallel=1)),
-                ("ranges", keyword.KeywordRetriever(db, 0.5, use_maxscore=True, parallel=3)),
+            assert db.rank_function  # flowrank ranks, but where said otherwise below
+            for name, rank, maxscore_on, parallel in (
+                ("fast", True, True, 1),
+                ("plain", True, False, 1),
+                ("ranges", True, True, 3),
+                ("bm25", False, False, 1),  # FTS5's own bm25(), the one full statement
+                ("bm25 maxscore", False, True, 3),
             ):
+                db.rank_function = rank
+                retriever = keyword.KeywordRetriever(db, 0.5, maxscore_on, parallel)
                 answers[name] = [await retriever.search([kb_id], q, 10) for q in queries]
                 counted[name] = (sum(taken), len(grown), len(spans))
             return answers
@@ -208,8 +213,9 @@ def test_maxscore_gives_the_full_statements_answer(
             await db.aclose()
 
     answers = asyncio.run(go())
-    # the same chunks, in the same order, with the same scores
-    assert answers["fast"] == answers["plain"] == answers["ranges"]
+    # the same chunks, in the same order, with the same scores, as bm25() ranks them
+    assert answers["fast"] == answers["plain"] == answers["ranges"] == answers["bm25"]
+    assert answers["bm25 maxscore"] == answers["bm25"]
     assert any(len(hits) == 10 for hits in answers["fast"])
     exact, grew, _ = counted["fast"]
     assert exact >= 40  # a third or more were answered by MaxScore's first round
@@ -380,8 +386,9 @@ def test_a_search_that_sees_the_index_change_answers_with_the_full_statement(
 
             @event.listens_for(db.engine.sync_engine, "before_cursor_execute")
             def seen(_c, _cur, statement, params, _ctx, _many) -> None:
-                if "bm25" in statement:
-                    matches.append(params[0])
+                if "rowid BETWEEN" in statement:  # a ranked statement: by which, what match
+                    match = next(p for p in params if isinstance(p, str) and "{text" in p)
+                    matches.append(("flowrank" if "flowrank(" in statement else "bm25", match))
 
             search = keyword.KeywordRetriever(db, 1.0)  # every word kept
             query = "w1 w2 w2500"
@@ -401,8 +408,12 @@ def test_a_search_that_sees_the_index_change_answers_with_the_full_statement(
 
     steady, moved, matches = asyncio.run(go())
     assert moved == steady and len(steady) == 10
-    assert len(matches) >= 2  # MaxScore's rounds, then the full statement
-    assert all(" OR {fts_kb}" in m for m in matches[:-1]) and " OR {fts_kb}" not in matches[-1]
+    # MaxScore's rounds and the full statement by flowrank with the counts it was given, and
+    # as the version moved under both, the full statement by bm25(), which counts its own
+    *counted, (last, full) = matches
+    assert [rank for rank, _ in counted] == ["flowrank"] * len(counted) and len(counted) >= 2
+    assert " OR " in counted[0][1] and counted[-1][1] == counted[-1][1].split(" OR (")[0]
+    assert last == "bm25" and full.startswith("{fts_kb}") and " OR (" not in full
 
 
 def test_the_ranges_searched_at_once_cover_every_chunk_once() -> None:
@@ -429,3 +440,110 @@ def test_the_ranges_searched_at_once_cover_every_chunk_once() -> None:
     check()
     assert fts5.ranges(1, fts5.PARALLEL_FROM - 1, 4) == [fts5._ALL]  # a small KB
     assert fts5.ranges(None, None, 4) == [fts5._ALL]  # an empty one
+
+
+def test_flowrank_ranks_as_bm25_whether_or_not_the_kbs_share_their_span(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KBs whose chunks interleave in the table are filtered by their token; a KB alone in
+    its span of chunk ids by the span. Either way flowrank's answers (MaxScore, ranges) are
+    bm25()'s full statement's, scores and all, and hold only the KBs asked for."""
+    import random
+
+    from sqlalchemy import event
+
+    from flowserve.knowledge import fts5, keyword
+
+    monkeypatch.setattr(fts5, "PARALLEL_FROM", 500)
+
+    async def go() -> tuple[dict, dict, list[str], dict[str, set[str]]]:
+        db, knowledge, a = await _service(tmp_path, "span", {"name": "a"})
+        try:
+            kbs = {"a": a}
+            for name in ("b", "c", "d"):
+                kbs[name] = (await knowledge.create("acme", CreateKnowledgeBase(name=name)))[
+                    "knowledge_base_id"
+                ]
+            files = {}
+            for name, kb_id in kbs.items():
+                files[name], _, _ = await knowledge.store.put_file(
+                    kb_id, "z.txt", "0" * 64, "text/plain", "text", 1, "t"
+                )
+            rng = random.Random(17)
+            for _ in range(4):  # a, b and c written in turns; d after them, in one go
+                for name in "abc":
+                    await _zipf_chunks(db, kbs[name], files[name], rng, 150)
+            await _zipf_chunks(db, kbs["d"], files["d"], rng, 600)
+            queries = []
+            for _ in range(30):
+                common = rng.choices(_VOCAB[:30], k=rng.randint(1, 4))
+                rare = rng.sample(_VOCAB[30:], k=rng.randint(1, 3))
+                queries.append(" ".join(common + rare))
+            matches: list[str] = []
+
+            @event.listens_for(db.engine.sync_engine, "before_cursor_execute")
+            def seen(_c, _cur, statement, params, _ctx, _many) -> None:
+                if "flowrank(" in statement:
+                    matches.append(next(p for p in params if isinstance(p, str) and "{" in p))
+
+            sets = {"a": ["a"], "ac": ["a", "c"], "d": ["d"], "abcd": list("abcd")}
+            got: dict[str, dict] = {"flowrank": {}, "bm25": {}}
+            for rank, maxscore_on, parallel in ((True, True, 2), (False, False, 1)):
+                db.rank_function = rank
+                search = keyword.KeywordRetriever(db, 0.5, maxscore_on, parallel)
+                for key, names in sets.items():
+                    ids = [kbs[n] for n in names]
+                    got["flowrank" if rank else "bm25"][key] = [
+                        await search.search(ids, q, 10) for q in queries
+                    ]
+            asked = {key: {kbs[n] for n in names} for key, names in sets.items()}
+            return got["flowrank"], got["bm25"], matches, asked
+        finally:
+            await db.aclose()
+
+    flowrank, bm25, matches, asked = asyncio.run(go())
+    for key in asked:
+        assert flowrank[key] == bm25[key], key
+        hits = [h for answer in flowrank[key] for h in answer]
+        assert hits and {h.knowledge_base_id for h in hits} <= asked[key]
+    # both filters were used: by token (a, a+c) and by span alone (d, all four)
+    assert any(m.startswith("{fts_kb}") for m in matches)
+    assert any("{fts_kb}" not in m for m in matches)
+
+
+def test_flowrank_is_built_and_refuses_arguments_it_cannot_use(tmp_path: Path) -> None:
+    """The install builds flowrank (x86-64 Linux with SQLite's headers) and each SQLite
+    connection loads it; given the wrong arguments it fails with a clear error."""
+
+    import random
+
+    from sqlalchemy.exc import OperationalError
+
+    async def go() -> tuple[bool, list[str]]:
+        db, knowledge, kb_id = await _service(tmp_path, "args", {"name": "a"})
+        errors = []
+        try:
+            file_id, _, _ = await knowledge.store.put_file(
+                kb_id, "z.txt", "0" * 64, "text/plain", "text", 1, "t"
+            )
+            await _zipf_chunks(db, kb_id, file_id, random.Random(1), 50)
+            for args in ("10, 1.0", "0, 1.0, 0.5, 0.0, 5", "10, 1.0, 0.5, 0.0, 5, 6"):
+                sql = (
+                    f"SELECT flowrank(kb_chunks_fts, {args}) FROM kb_chunks_fts "
+                    "WHERE kb_chunks_fts MATCH '\"w0\"'"
+                )
+                async with db.engine.connect() as conn:
+                    try:
+                        await conn.execute(text(sql))
+                    except OperationalError as e:  # flowrank's own message
+                        errors.append(str(e))
+            return db.rank_function, errors
+        finally:
+            await db.aclose()
+
+    built, errors = asyncio.run(go())
+    assert built
+    assert len(errors) == 3
+    assert "wants top_k, a weight per column and a document count per phrase" in errors[0]
+    assert "top_k out of range" in errors[1]
+    assert "wants top_k" in errors[2]

@@ -7,7 +7,10 @@ text column's weight 1 the largest). So the words, rarest first, are split into 
 
     KB AND {text heading} : (essential OR …) AND ({text heading} : (rest OR …) OR KB)
 
-where ``KB`` is the KB's own token (migration 0007), found in every chunk of the KB. It
+where ``KB`` is the KB's own token (migration 0007), found in every chunk of the KB (where
+the KBs' span of chunk ids is theirs alone and flowrank ranks, the essential words stand in
+for it: ``essential AND (rest OR essential)``, the second copy given to flowrank as weighing
+nothing). It
 matches only chunks holding an essential word, but scores them on **every** word: the last
 group always matches, and FTS5 counts a phrase's hits in a chunk wherever the phrase's own
 branch matched, so a rest word in the chunk counts as it does in the full statement (the KB

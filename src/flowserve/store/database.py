@@ -23,6 +23,8 @@ class Database:
         kwargs: dict[str, Any] = {}
         # whether SQL can rank vectors (sqlite-vec's vec_distance_cosine; sqlite_driver)
         self.vector_functions = False
+        # whether FTS5 can rank with flowrank (flowserve.knowledge.fts5; sqlite_driver)
+        self.rank_function = False
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30}
             # the connection handed back last is taken first: a keyword search of a large KB
@@ -30,7 +32,8 @@ class Database:
             # default order the two swapped roles each search, every other one ~40% slower
             # (measured at 100k chunks; each SQLite connection has its own page cache)
             kwargs["pool_use_lifo"] = True
-            module, self.vector_functions = sqlite_driver.driver()
+            module, features = sqlite_driver.driver()
+            self.vector_functions, self.rank_function = features
             if module is not None:
                 kwargs["module"] = module
         else:

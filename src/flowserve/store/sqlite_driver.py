@@ -8,8 +8,13 @@ often built without ``enable_load_extension`` (pyenv's is, here) and carries an 
 the same FTS5 query over 100k chunks took p50 82 ms on 3.51 against 112 ms on this Python's
 3.40 (a one-off comparison in raw SQL, not part of bench/).
 
+Each connection also loads ``flowrank`` where it was built (``flowrank.c`` beside this
+module, an optional C extension of the package): an FTS5 rank function that flowserve's
+keyword search uses instead of ``bm25()``, with the same scores (flowserve.knowledge.fts5).
+
 Without the wheels (a platform they are not built for) the standard module is used and
-vectors are scored in numpy: the same results, found the slower way.
+vectors are scored in numpy, and without flowrank keyword search ranks with ``bm25()``: the
+same results, found the slower way.
 
 SQLAlchemy takes the driver as ``create_async_engine(..., module=...)``. Its adapter reads
 the exception classes from aiosqlite, which re-exports the standard module's; here they come
@@ -18,9 +23,12 @@ from pysqlite3, whose errors are distinct classes, so that an IntegrityError is 
 
 from __future__ import annotations
 
+import importlib.machinery
+from collections.abc import Callable, Sequence
 from functools import cache
+from pathlib import Path
 from threading import Thread
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiosqlite
 from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_dbapi
@@ -37,11 +45,15 @@ _ERRORS = (
 )
 
 
-class _Driver(AsyncAdapt_aiosqlite_dbapi):
-    """aiosqlite over ``sqlite`` (pysqlite3's dbapi2), each connection given ``vec``."""
+Loader = Callable[[Any], None]  # loads one extension into a connection
 
-    def __init__(self, sqlite: Any, vec: Any) -> None:
-        self.vec = vec
+
+class _Driver(AsyncAdapt_aiosqlite_dbapi):
+    """aiosqlite over ``sqlite`` (pysqlite3's dbapi2), each connection given the extensions
+    that ``loaders`` load."""
+
+    def __init__(self, sqlite: Any, loaders: Sequence[Loader]) -> None:
+        self.loaders = tuple(loaders)
         super().__init__(aiosqlite, sqlite)
 
     def _init_dbapi_attributes(self) -> None:
@@ -50,14 +62,15 @@ class _Driver(AsyncAdapt_aiosqlite_dbapi):
             setattr(self, name, getattr(self.sqlite, name))
 
     def connect(self, *arg: Any, **kw: Any) -> Any:
-        sqlite, vec = self.sqlite, self.vec
+        sqlite, loaders = self.sqlite, self.loaders
 
         def connector() -> Any:
             conn = sqlite.connect(*arg, **kw)
-            if vec is not None:
+            if loaders:
                 conn.enable_load_extension(True)
                 try:
-                    vec.load(conn)
+                    for load in loaders:
+                        load(conn)
                 finally:
                     conn.enable_load_extension(False)
             return conn
@@ -87,24 +100,56 @@ def module() -> Any:
     return sqlite
 
 
-@cache
-def driver() -> tuple[Any, bool]:
-    """(the ``module=`` for SQLAlchemy or None for its default, whether sqlite-vec loads).
-    Loading is tried once here, on a throwaway connection, so that a build whose extension
-    will not load degrades to the numpy path instead of failing every connection."""
-    sqlite = module()
-    if sqlite.__name__ == "sqlite3":
-        return None, False
+def flowrank_path() -> Path | None:
+    """The built flowrank extension beside this module, if the install built it."""
+    here = Path(__file__).resolve().parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = here / f"_flowrank{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def _load_flowrank(conn: Any) -> None:
+    path = flowrank_path()
+    assert path is not None  # driver() offers this loader only when there is one
+    conn.load_extension(str(path))  # its entry point, sqlite3_flowrank_init, by the name
+
+
+def _vec_loader() -> Loader | None:
     try:
         import sqlite_vec
     except ImportError:
-        return _Driver(sqlite, None), False
-    probe = sqlite.connect(":memory:")
-    try:
-        probe.enable_load_extension(True)
-        sqlite_vec.load(probe)
-    except (AttributeError, sqlite.Error):
-        return _Driver(sqlite, None), False
-    finally:
-        probe.close()
-    return _Driver(sqlite, sqlite_vec), True
+        return None
+    return sqlite_vec.load
+
+
+class Features(NamedTuple):
+    """What the SQLite connections can do beyond SQL."""
+
+    vectors: bool  # sqlite-vec's vec_distance_cosine
+    flowrank: bool  # the flowrank FTS5 rank function
+
+
+@cache
+def driver() -> tuple[Any, Features]:
+    """(the ``module=`` for SQLAlchemy or None for its default, what its connections can
+    do). Each extension is tried once here, on a throwaway connection, so that a build whose
+    extension will not load degrades to the slower path instead of failing every
+    connection."""
+    sqlite = module()
+    if sqlite.__name__ == "sqlite3":
+        return None, Features(False, False)
+    vec = _vec_loader()
+    rank = _load_flowrank if flowrank_path() is not None else None
+    loaded = {name: load for name, load in (("vec", vec), ("rank", rank)) if load is not None}
+    for name, load in list(loaded.items()):
+        probe = sqlite.connect(":memory:")
+        try:
+            probe.enable_load_extension(True)
+            load(probe)
+        except (AttributeError, sqlite.Error):
+            del loaded[name]
+        finally:
+            probe.close()
+    return _Driver(sqlite, list(loaded.values())), Features("vec" in loaded, "rank" in loaded)
