@@ -547,3 +547,46 @@ def test_flowrank_is_built_and_refuses_arguments_it_cannot_use(tmp_path: Path) -
     assert "wants top_k, a weight per column and a document count per phrase" in errors[0]
     assert "top_k out of range" in errors[1]
     assert "wants top_k" in errors[2]
+
+
+def test_flowrank_ranks_as_bm25_where_chunks_are_the_query_words_alone(tmp_path: Path) -> None:
+    """Short chunks that hold nothing but repeats of a few words: a chunk's length is then
+    its most frequent word's hits, the least length flowrank's bound assumes, so a bound
+    any less tight would drop chunks that belong in the answer."""
+    import random
+
+    from sqlalchemy import insert
+
+    from flowserve.knowledge import keyword
+    from flowserve.knowledge.models import KbChunk
+
+    async def go() -> tuple[list, list]:
+        db, knowledge, kb_id = await _service(tmp_path, "short", {"name": "s"})
+        try:
+            file_id, _, _ = await knowledge.store.put_file(
+                kb_id, "s.txt", "0" * 64, "text/plain", "text", 1, "t"
+            )
+            rng = random.Random(23)
+            vocab, weights = _VOCAB[:40], _WEIGHTS[:40]
+            rows = []
+            for i in range(1_500):
+                words = rng.choices(vocab, weights, k=rng.randint(1, 2))
+                body = " ".join(w for w in words for _ in range(rng.randint(1, 6)))
+                rows.append({"kb_id": kb_id, "file_id": file_id, "chunk_index": i,
+                             "text": body, "heading": None, "page": None, "char_start": 0,
+                             "char_end": len(body)})  # fmt: skip
+            async with db.session() as s:
+                await s.execute(insert(KbChunk), rows)
+            queries = [" ".join(rng.sample(vocab, k=rng.randint(2, 4))) for _ in range(60)]
+            answers = []
+            for rank, maxscore_on in ((True, True), (True, False), (False, False)):
+                db.rank_function = rank
+                search = keyword.KeywordRetriever(db, 1.0, maxscore_on, 1)
+                answers.append([await search.search([kb_id], q, 10) for q in queries])
+            return answers[:2], answers[2]
+        finally:
+            await db.aclose()
+
+    flowrank, bm25 = asyncio.run(go())
+    assert all(len(hits) == 10 for hits in bm25)
+    assert flowrank[0] == bm25 and flowrank[1] == bm25

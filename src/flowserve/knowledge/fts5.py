@@ -19,7 +19,8 @@ triggers that keep the index raise ``kb_fts_version`` with every chunk written o
 ``bm25()``'s scores to the last bit, from the counts above instead of a scan of every
 phrase's whole list of chunks in each statement, and without the length lookup (a statement
 of its own inside FTS5, most of ``bm25()``'s time) of any chunk that provably cannot reach
-the ``top_k``. At 100k chunks the one statement went from p50 56 / p99 175 ms to 14 / 34.
+the ``top_k``. At 100k chunks the one statement went from p50 56 / p99 175 ms to 14 / 34
+(raw SQL, once, on a 2-core EPYC; bench/retrieval.py measures the search as it runs).
 Where it is not loaded, and whenever the index changed during a search (its counts might
 be stale), ``bm25()`` ranks.
 
@@ -29,9 +30,9 @@ matching chunk's row instead cost more than the scoring (at 100k chunks p50 86 m
 24). The token's list is as long as the KB, scanned by every statement, so where the KBs
 asked for are alone in their span of chunk ids (no other KB's chunk between their first and
 last: :class:`Span`, found once per version), the span is the filter and flowrank does
-without the token (p50 13 → 8 ms at 100k chunks). Only the best ``top_k`` are joined for
-their text and file, and checked once more against the KBs asked for: a filter that let
-another KB's chunk through would lose a hit, never show it.
+without the token (p50 13 → 8 ms at 100k chunks, raw SQL, once). Only the best ``top_k``
+are joined for their text and file, and checked once more against the KBs asked for: a
+filter that let another KB's chunk through would lose a hit, never show it.
 
 What is left is FTS5's matching, which visits every chunk its match finds, so
 :mod:`flowserve.knowledge.maxscore` restricts the match to chunks holding a rarer word where
