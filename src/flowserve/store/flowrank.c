@@ -20,7 +20,6 @@
  * same counts. (Why by hand: no library ranks FTS5 rows with counts it is given.)
  */
 #include <math.h>
-#include <string.h>
 
 #include "sqlite3ext.h"
 SQLITE_EXTENSION_INIT1

@@ -110,10 +110,12 @@ def flowrank_path() -> Path | None:
     return None
 
 
-def _load_flowrank(conn: Any) -> None:
+def _flowrank_loader() -> Loader | None:
     path = flowrank_path()
-    assert path is not None  # driver() offers this loader only when there is one
-    conn.load_extension(str(path))  # its entry point, sqlite3_flowrank_init, by the name
+    if path is None:
+        return None
+    # SQLite finds the entry point, sqlite3_flowrank_init, by the file's name
+    return lambda conn: conn.load_extension(str(path))
 
 
 def _vec_loader() -> Loader | None:
@@ -140,9 +142,8 @@ def driver() -> tuple[Any, Features]:
     sqlite = module()
     if sqlite.__name__ == "sqlite3":
         return None, Features(False, False)
-    vec = _vec_loader()
-    rank = _load_flowrank if flowrank_path() is not None else None
-    loaded = {name: load for name, load in (("vec", vec), ("rank", rank)) if load is not None}
+    found = (("vec", _vec_loader()), ("rank", _flowrank_loader()))
+    loaded = {name: load for name, load in found if load is not None}
     for name, load in list(loaded.items()):
         probe = sqlite.connect(":memory:")
         try:
