@@ -186,9 +186,7 @@ def test_maxscore_gives_the_full_statements_answer(
     async def go() -> dict[str, list]:
         db, knowledge, kb_id = await _service(tmp_path, "ms", {"name": "z"})
         try:
-            file_id, _, _ = await knowledge.store.put_file(
-                kb_id, "z.txt", "0" * 64, "text/plain", "text", 1, "t"
-            )
+            file_id = await _file(knowledge, kb_id)
             await _zipf_chunks(db, kb_id, file_id, rng, 1_600)
             queries = []
             for _ in range(120):
@@ -227,19 +225,33 @@ _VOCAB = [f"w{i}" for i in range(3_000)]
 _WEIGHTS = [1.0 / (i + 1) for i in range(len(_VOCAB))]  # w0 in most chunks, w2999 rare
 
 
-async def _zipf_chunks(db: Database, kb_id: str, file_id: str, rng, n: int) -> None:
-    """``n`` chunks of 20-120 words drawn from :data:`_VOCAB` by Zipf weights."""
+async def _file(knowledge: KnowledgeService, kb_id: str) -> str:
+    """A file record in ``kb_id`` for chunks written straight to the table."""
+    file_id, _, _ = await knowledge.store.put_file(
+        kb_id, "z.txt", "0" * 64, "text/plain", "text", 1, "t"
+    )
+    return file_id
+
+
+async def _insert_chunks(db: Database, kb_id: str, file_id: str, bodies: list[str]) -> None:
+    """One chunk of the file per text of ``bodies``, in their order."""
     from sqlalchemy import insert
 
     from flowserve.knowledge.models import KbChunk
 
-    rows = []
-    for i in range(n):
-        body = " ".join(rng.choices(_VOCAB, _WEIGHTS, k=rng.randint(20, 120)))
-        rows.append({"kb_id": kb_id, "file_id": file_id, "chunk_index": i, "text": body,
-                     "heading": None, "page": None, "char_start": 0, "char_end": len(body)})  # fmt: skip
+    rows = [
+        {"kb_id": kb_id, "file_id": file_id, "chunk_index": i, "text": body, "heading": None,
+         "page": None, "char_start": 0, "char_end": len(body)}
+        for i, body in enumerate(bodies)
+    ]  # fmt: skip
     async with db.session() as s:
         await s.execute(insert(KbChunk), rows)
+
+
+async def _zipf_chunks(db: Database, kb_id: str, file_id: str, rng, n: int) -> None:
+    """``n`` chunks of 20-120 words drawn from :data:`_VOCAB` by Zipf weights."""
+    bodies = [" ".join(rng.choices(_VOCAB, _WEIGHTS, k=rng.randint(20, 120))) for _ in range(n)]
+    await _insert_chunks(db, kb_id, file_id, bodies)
 
 
 def test_each_kb_sees_only_its_own_chunks_among_many(tmp_path: Path) -> None:
@@ -258,9 +270,7 @@ def test_each_kb_sees_only_its_own_chunks_among_many(tmp_path: Path) -> None:
                 kbs.append(made["knowledge_base_id"])
             owner = {}
             for kb_id in kbs:
-                file_id, _, _ = await knowledge.store.put_file(
-                    kb_id, "z.txt", "0" * 64, "text/plain", "text", 1, "t"
-                )
+                file_id = await _file(knowledge, kb_id)
                 await _zipf_chunks(db, kb_id, file_id, random.Random(5), 700)
                 owner[kb_id] = kb_id
             search = keyword.KeywordRetriever(db, 0.5)
@@ -287,9 +297,7 @@ def test_a_kb_token_is_one_word_of_the_index_whatever_the_id_holds(tmp_path: Pat
     async def go() -> list[tuple[str, int]]:
         db, knowledge, kb_id = await _service(tmp_path, "tok", {"name": "a"})
         try:
-            file_id, _, _ = await knowledge.store.put_file(
-                kb_id, "z.txt", "0" * 64, "text/plain", "text", 1, "t"
-            )
+            file_id = await _file(knowledge, kb_id)
             out = []
             for odd in ("ed-ing s", "Zoë/../x", kb_id):
                 async with db.session() as s:  # a chunk filed under each id
@@ -378,9 +386,7 @@ def test_a_search_that_sees_the_index_change_answers_with_the_full_statement(
     async def go() -> tuple[list, list, list[str]]:
         db, knowledge, kb_id = await _service(tmp_path, "ver", {"name": "z"})
         try:
-            file_id, _, _ = await knowledge.store.put_file(
-                kb_id, "z.txt", "0" * 64, "text/plain", "text", 1, "t"
-            )
+            file_id = await _file(knowledge, kb_id)
             await _zipf_chunks(db, kb_id, file_id, random.Random(3), 1_500)
             matches: list[str] = []
 
@@ -466,9 +472,7 @@ def test_flowrank_ranks_as_bm25_whether_or_not_the_kbs_share_their_span(
                 ]
             files = {}
             for name, kb_id in kbs.items():
-                files[name], _, _ = await knowledge.store.put_file(
-                    kb_id, "z.txt", "0" * 64, "text/plain", "text", 1, "t"
-                )
+                files[name] = await _file(knowledge, kb_id)
             rng = random.Random(17)
             for _ in range(4):  # a, b and c written in turns; d after them, in one go
                 for name in "abc":
@@ -523,9 +527,7 @@ def test_flowrank_is_built_and_refuses_arguments_it_cannot_use(tmp_path: Path) -
         db, knowledge, kb_id = await _service(tmp_path, "args", {"name": "a"})
         errors = []
         try:
-            file_id, _, _ = await knowledge.store.put_file(
-                kb_id, "z.txt", "0" * 64, "text/plain", "text", 1, "t"
-            )
+            file_id = await _file(knowledge, kb_id)
             await _zipf_chunks(db, kb_id, file_id, random.Random(1), 50)
             for args in ("10, 1.0", "0, 1.0, 0.5, 0.0, 5", "10, 1.0, 0.5, 0.0, 5, 6"):
                 sql = (
@@ -555,28 +557,18 @@ def test_flowrank_ranks_as_bm25_where_chunks_are_the_query_words_alone(tmp_path:
     any less tight would drop chunks that belong in the answer."""
     import random
 
-    from sqlalchemy import insert
-
     from flowserve.knowledge import keyword
-    from flowserve.knowledge.models import KbChunk
 
     async def go() -> tuple[list, list]:
         db, knowledge, kb_id = await _service(tmp_path, "short", {"name": "s"})
         try:
-            file_id, _, _ = await knowledge.store.put_file(
-                kb_id, "s.txt", "0" * 64, "text/plain", "text", 1, "t"
-            )
             rng = random.Random(23)
             vocab, weights = _VOCAB[:40], _WEIGHTS[:40]
-            rows = []
-            for i in range(1_500):
+            bodies = []
+            for _ in range(1_500):
                 words = rng.choices(vocab, weights, k=rng.randint(1, 2))
-                body = " ".join(w for w in words for _ in range(rng.randint(1, 6)))
-                rows.append({"kb_id": kb_id, "file_id": file_id, "chunk_index": i,
-                             "text": body, "heading": None, "page": None, "char_start": 0,
-                             "char_end": len(body)})  # fmt: skip
-            async with db.session() as s:
-                await s.execute(insert(KbChunk), rows)
+                bodies.append(" ".join(w for w in words for _ in range(rng.randint(1, 6))))
+            await _insert_chunks(db, kb_id, await _file(knowledge, kb_id), bodies)
             queries = [" ".join(rng.sample(vocab, k=rng.randint(2, 4))) for _ in range(60)]
             answers = []
             for rank, maxscore_on in ((True, True), (True, False), (False, False)):

@@ -97,15 +97,15 @@ _COUNT_ALL = text("SELECT count(*) FROM kb_chunks")
 COUNT_MATCH = text("SELECT count(*) FROM kb_chunks_fts WHERE kb_chunks_fts MATCH :match")
 # the KBs' first and last chunk ids: two index seeks (with a count(*) SQLite would scan the
 # KBs' index entries instead, 5 ms at 100k chunks)
+_SPAN = text(
+    "SELECT (SELECT min(id) FROM kb_chunks WHERE kb_id IN :kb_ids), "
+    "(SELECT max(id) FROM kb_chunks WHERE kb_id IN :kb_ids)"
+).bindparams(bindparam("kb_ids", expanding=True))
 # whether a chunk of another KB lies between the KBs' first and last: one index seek per
 # other KB (a chunk's KB is its file's, and a KB's files go with it)
 _SHARED = text(
     "SELECT EXISTS (SELECT 1 FROM knowledge_bases k WHERE k.id NOT IN :kb_ids AND EXISTS "
     "(SELECT 1 FROM kb_chunks c WHERE c.kb_id = k.id AND c.id BETWEEN :low AND :high))"
-).bindparams(bindparam("kb_ids", expanding=True))
-_SPAN = text(
-    "SELECT (SELECT min(id) FROM kb_chunks WHERE kb_id IN :kb_ids), "
-    "(SELECT max(id) FROM kb_chunks WHERE kb_id IN :kb_ids)"
 ).bindparams(bindparam("kb_ids", expanding=True))
 
 
